@@ -1,0 +1,164 @@
+"""Latency harness: warm-up by time and count, then timed synchronous runs on real inputs.
+
+Works with any object that has `run(batch)` (see deploy.runners). Each iteration is timed
+with time.perf_counter_ns around one `run` call; the runner returns only once its result is
+on the host, so GPU work is included. Batches are assembled before timing starts.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .errors import DeployError
+from .stats import summarize
+
+
+@dataclass
+class MeasureSettings:
+    """How long to warm up and to measure; a phase ends when BOTH its time and its count are
+    reached, and measuring stops early at whichever cap (max_iters, max_s) comes first.
+
+    Defaults: 1 s / 10 runs of warm-up lets DVFS clocks ramp, caches, allocator arenas and
+    thread pools settle (trtexec warms up 200 ms, which is short for a Jetson's governor);
+    at least 50 runs and 2 s give a stable p99 on a ms-scale model (trtexec measures 3 s);
+    the caps keep a 1 ms model to 100k timings (~1 MB of JSON) and a slow one to a minute.
+    The warm-up is capped by max_s as well.
+    """
+
+    warmup_s: float = 1.0
+    warmup_iters: int = 10
+    min_iters: int = 50
+    min_s: float = 2.0
+    max_iters: int = 100000
+    max_s: float = 60.0
+    bootstrap_resamples: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("warmup_s", "warmup_iters", "min_iters", "min_s"):
+            if getattr(self, name) < 0:
+                raise DeployError("%s must be >= 0, got %r" % (name, getattr(self, name)))
+        if self.bootstrap_resamples < 1:
+            raise DeployError("bootstrap_resamples must be >= 1, got %r" % self.bootstrap_resamples)
+        if self.max_iters < max(self.min_iters, 1):
+            raise DeployError("max_iters (%d) must be >= min_iters (%d) and >= 1"
+                              % (self.max_iters, self.min_iters))
+        if self.max_s < self.min_s or self.max_s <= 0:
+            raise DeployError("max_s (%r) must be > 0 and >= min_s (%r)" % (self.max_s, self.min_s))
+
+
+def assemble_batches(inputs: np.ndarray, batch_size: int, dtype: Any = np.float32) -> List[np.ndarray]:
+    """Contiguous batches that walk through `inputs` in order, wrapping around at the end,
+    until every sample has been used at least once (ceil(N / batch_size) batches)."""
+    inputs = np.asarray(inputs)
+    if inputs.ndim < 1 or inputs.shape[0] < 1:
+        raise DeployError("inputs must be an array of at least one sample (N, ...), got shape %s"
+                          % (inputs.shape,))
+    if batch_size < 1:
+        raise DeployError("batch_size must be >= 1, got %r" % batch_size)
+    n = inputs.shape[0]
+    count = -(-n // batch_size)
+    idx = np.arange(count * batch_size).reshape(count, batch_size) % n
+    return [np.ascontiguousarray(inputs[row], dtype=dtype) for row in idx]
+
+
+def measure(
+    runner: Any,
+    inputs: np.ndarray,
+    batch_size: int,
+    settings: Optional[MeasureSettings] = None,
+    keep_timings: bool = True,
+) -> Dict[str, Any]:
+    """Time `runner.run` on batches cycled from `inputs` (N, C, H, W); returns batch_size,
+    iterations, duration_s, warmup, stop_reason, latency_ms (stats.summarize), throughput_ips,
+    device_latency_ms (when the runner reports device time) and timings_ms."""
+    settings = settings or MeasureSettings()
+    batches = assemble_batches(inputs, batch_size, getattr(runner, "input_dtype", np.float32))
+    gc_was_enabled = gc.isenabled()
+    # As timeit does: a collection landing inside one iteration is the harness's cost, not
+    # the model's.
+    gc.disable()
+    try:
+        warm_iters, warm_ns = _warm_up(runner, batches, settings)
+        timings_ns, device_ms, duration_ns, stop_reason = _timed_loop(runner, batches, settings)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+    timings_ms = np.asarray(timings_ns, dtype=np.float64) / 1e6
+    result: Dict[str, Any] = {
+        "batch_size": batch_size,
+        "iterations": len(timings_ns),
+        "duration_s": duration_ns / 1e9,
+        "warmup": {"iterations": warm_iters, "duration_s": warm_ns / 1e9},
+        "stop_reason": stop_reason,
+        "latency_ms": summarize(timings_ms, settings.bootstrap_resamples, settings.seed),
+        # Wall time of the whole measured phase, so time spent between runs is not hidden.
+        "throughput_ips": batch_size * len(timings_ns) / (max(duration_ns, 1) / 1e9),
+    }
+    if device_ms:
+        result["device_latency_ms"] = summarize(device_ms, settings.bootstrap_resamples,
+                                                settings.seed)
+    if keep_timings:
+        result["timings_ms"] = [round(float(t), 5) for t in timings_ms]
+    return result
+
+
+def single_stream(runner: Any, inputs: np.ndarray, settings: Optional[MeasureSettings] = None,
+                  keep_timings: bool = True) -> Dict[str, Any]:
+    """MLPerf SingleStream: batch 1, one query at a time; its figure of merit is p90 (`p90_ms`)."""
+    result = measure(runner, inputs, 1, settings, keep_timings)
+    result["scenario"] = "SingleStream"
+    result["p90_ms"] = result["latency_ms"]["p90"]
+    return result
+
+
+def batch_sweep(runner: Any, inputs: np.ndarray, batch_sizes: Sequence[int] = (1, 8, 64),
+                settings: Optional[MeasureSettings] = None, keep_timings: bool = True) -> List[Dict[str, Any]]:
+    """One `measure` per batch size, in the given order (batch 1 as `single_stream`)."""
+    return [single_stream(runner, inputs, settings, keep_timings) if b == 1
+            else measure(runner, inputs, b, settings, keep_timings) for b in batch_sizes]
+
+
+def _warm_up(runner: Any, batches: List[np.ndarray], s: MeasureSettings) -> tuple:
+    run, clock, nb = runner.run, time.perf_counter_ns, len(batches)
+    min_ns, cap_ns = int(s.warmup_s * 1e9), int(s.max_s * 1e9)
+    start = now = clock()
+    i = 0
+    while (i < s.warmup_iters or now - start < min_ns) and now - start < cap_ns:
+        run(batches[i % nb])
+        i += 1
+        now = clock()
+    return i, now - start
+
+
+def _timed_loop(runner: Any, batches: List[np.ndarray], s: MeasureSettings) -> tuple:
+    # The hot loop: nothing but the clock, the run call and an append between timestamps.
+    run, clock, nb = runner.run, time.perf_counter_ns, len(batches)
+    min_ns, cap_ns = int(s.min_s * 1e9), int(s.max_s * 1e9)
+    reports_device = hasattr(runner, "last_device_ms")
+    timings: List[int] = []
+    device_ms: List[float] = []
+    i = 0
+    start = clock()
+    while True:
+        batch = batches[i % nb]
+        t0 = clock()
+        run(batch)
+        t1 = clock()
+        timings.append(t1 - t0)
+        if reports_device and runner.last_device_ms is not None:
+            device_ms.append(runner.last_device_ms)
+        i += 1
+        elapsed = t1 - start
+        if i >= s.max_iters:
+            return timings, device_ms, elapsed, "max_iters"
+        if elapsed >= cap_ns:
+            return timings, device_ms, elapsed, "max_s"
+        if i >= s.min_iters and elapsed >= min_ns:
+            return timings, device_ms, elapsed, "min_reached"

@@ -1,0 +1,293 @@
+"""Inference runners with one call shape for every backend: `run(batch) -> first output`.
+
+Backends are imported when a runner is made, not when this module is imported, so a device
+with only TensorRT (or only ONNX Runtime) can still use the rest of deploy/.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .errors import DeployError, RunnerUnavailable
+
+# Short names accepted for ONNX Runtime execution providers.
+_PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+}
+
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+}
+
+
+class Runner:
+    """Base of all runners: `run(batch)` returns the first output as float32; `close()` frees."""
+
+    name = "runner"
+    input_name = ""
+    input_shape: List[Optional[int]] = []  # None marks a dynamic dimension (e.g. batch)
+    input_dtype = np.dtype(np.float32)
+    # Device-side time of the latest run() in ms (CUDA events), None where the backend has none.
+    last_device_ms: Optional[float] = None
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def describe(self) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def default_intra_op_threads() -> int:
+    """CPUs this process may run on (honours taskset and cgroup cpusets), else os.cpu_count()."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+class OrtRunner(Runner):
+    """ONNX Runtime session with explicit threads, sequential execution and full graph
+    optimisation; CUDA / TensorRT providers only when asked for and actually usable."""
+
+    def __init__(
+        self,
+        onnx_path: str,
+        intra_op_threads: Optional[int] = None,
+        inter_op_threads: int = 1,
+        providers: Optional[Sequence[str]] = None,
+    ) -> None:
+        ort = _import_onnxruntime()
+        if not os.path.isfile(onnx_path):
+            raise DeployError("model not found: %s" % onnx_path)
+        wanted = _resolve_providers(providers)
+        missing = [p for p in wanted if p not in ort.get_available_providers()]
+        if missing:
+            raise RunnerUnavailable(
+                "%s not available in this onnxruntime %s build (available: %s); install "
+                "onnxruntime-gpu (on Jetson: the wheel built for your JetPack)"
+                % (", ".join(missing), ort.__version__, ", ".join(ort.get_available_providers()))
+            )
+        intra = default_intra_op_threads() if intra_op_threads is None else int(intra_op_threads)
+        if intra < 1 or inter_op_threads < 1:
+            raise DeployError("thread counts must be >= 1, got intra=%s inter=%s"
+                              % (intra, inter_op_threads))
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = intra
+        opts.inter_op_num_threads = int(inter_op_threads)
+        # One operator at a time: parallelism comes from intra-op threads, which keeps
+        # latency repeatable (parallel mode only helps branchy graphs).
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self._session = ort.InferenceSession(onnx_path, sess_options=opts, providers=wanted)
+        except Exception as e:
+            # ORT's own classes (InvalidProtobuf, InvalidGraph, Fail...) mean a bad model file.
+            if not type(e).__module__.startswith("onnxruntime"):
+                raise
+            raise DeployError("onnxruntime cannot load %s: %s" % (onnx_path, e)) from e
+        # ORT drops a provider whose libraries fail to load with only a log line; a benchmark
+        # that silently ran on CPU would be wrong, so check what the session really uses.
+        dropped = [p for p in wanted if p not in self._session.get_providers()]
+        if dropped:
+            raise RunnerUnavailable(
+                "%s failed to initialise (CUDA / cuDNN / TensorRT libraries missing or "
+                "mismatched); the session fell back to %s"
+                % (", ".join(dropped), ", ".join(self._session.get_providers()))
+            )
+
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1:
+            raise DeployError("deploy runners feed one image tensor; %s has %d inputs (%s)"
+                              % (onnx_path, len(inputs), ", ".join(i.name for i in inputs)))
+        self.path = onnx_path
+        self.name = "onnxruntime:" + os.path.basename(onnx_path)
+        self.input_name = inputs[0].name
+        self.input_shape = [d if isinstance(d, int) and d > 0 else None for d in inputs[0].shape]
+        self.input_dtype = np.dtype(_ORT_DTYPES.get(inputs[0].type, np.float32))
+        self._outputs = [self._session.get_outputs()[0].name]
+        self._version = ort.__version__
+
+    @property
+    def session(self) -> Any:
+        """The underlying onnxruntime.InferenceSession (for profiling or a bare-loop baseline)."""
+        return self._session
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        out = self._session.run(self._outputs, {self.input_name: batch})[0]
+        return out if out.dtype == np.float32 else out.astype(np.float32)
+
+    def describe(self) -> Dict[str, Any]:
+        opts = self._session.get_session_options()
+        return {
+            "backend": "onnxruntime",
+            "version": self._version,
+            "providers": list(self._session.get_providers()),
+            "intra_op_threads": opts.intra_op_num_threads,
+            "inter_op_threads": opts.inter_op_num_threads,
+            "execution_mode": str(opts.execution_mode).rsplit(".", 1)[-1],
+            "graph_optimization_level": str(opts.graph_optimization_level).rsplit(".", 1)[-1],
+            "input": {"name": self.input_name, "shape": self.input_shape,
+                      "dtype": self.input_dtype.name},
+            "output": self._outputs[0],
+        }
+
+    def close(self) -> None:
+        self._session = None  # ORT frees the session (and its thread pool) with the object
+
+
+class TrtRunner(Runner):
+    """A TensorRT (8.5+) engine on one CUDA stream; `last_device_ms` is the CUDA-event time of
+    the engine's execution, while timing `run()` gives host time including the copies."""
+
+    def __init__(self, engine_path: str) -> None:
+        trt, cuda = _import_tensorrt()
+        if not os.path.isfile(engine_path):
+            raise DeployError("engine not found: %s" % engine_path)
+        cuda.init()
+        # The primary context is the one the CUDA runtime (and so TensorRT) uses.
+        self._ctx = cuda.Device(0).retain_primary_context()
+        self._ctx.push()
+        self._cuda = cuda
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        with open(engine_path, "rb") as f:
+            self._engine = runtime.deserialize_cuda_engine(f.read())
+        if self._engine is None:
+            self.close()
+            raise DeployError("could not deserialise %s: engines only run with the TensorRT "
+                              "version and GPU that built them; rebuild it on this device"
+                              % engine_path)
+        self._context = self._engine.create_execution_context()
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        is_input = {n: self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+        inputs = [n for n in names if is_input[n]]
+        if len(inputs) != 1:
+            self.close()
+            raise DeployError("deploy runners feed one image tensor; %s has %d inputs"
+                              % (engine_path, len(inputs)))
+        self.path = engine_path
+        self.name = "tensorrt:" + os.path.basename(engine_path)
+        self.input_name = inputs[0]
+        self._output_name = [n for n in names if not is_input[n]][0]
+        self.input_shape = [d if d > 0 else None for d in self._engine.get_tensor_shape(inputs[0])]
+        self.input_dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(inputs[0])))
+        self._out_dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(self._output_name)))
+        self._version = trt.__version__
+        self._stream = cuda.Stream()
+        self._start, self._end = cuda.Event(), cuda.Event()
+        self._shape: Optional[tuple] = None
+        self._d_in = self._d_out = self._h_out = None
+
+    def _bind(self, shape: tuple) -> None:
+        # Re-bind only when the batch shape changes: allocations stay out of the timed path.
+        self._context.set_input_shape(self.input_name, shape)
+        out_shape = tuple(self._context.get_tensor_shape(self._output_name))
+        self._d_in = self._cuda.mem_alloc(int(np.prod(shape)) * self.input_dtype.itemsize)
+        self._h_out = self._cuda.pagelocked_empty(out_shape, self._out_dtype)
+        self._d_out = self._cuda.mem_alloc(self._h_out.nbytes)
+        self._context.set_tensor_address(self.input_name, int(self._d_in))
+        self._context.set_tensor_address(self._output_name, int(self._d_out))
+        self._shape = shape
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=self.input_dtype)
+        if batch.shape != self._shape:
+            self._bind(batch.shape)
+        cuda = self._cuda
+        cuda.memcpy_htod_async(self._d_in, batch, self._stream)
+        self._start.record(self._stream)
+        if not self._context.execute_async_v3(self._stream.handle):
+            raise RuntimeError("TensorRT execute_async_v3 failed for %s" % self.path)
+        self._end.record(self._stream)
+        cuda.memcpy_dtoh_async(self._h_out, self._d_out, self._stream)
+        self._stream.synchronize()
+        self.last_device_ms = self._end.time_since(self._start)
+        # Copy out of the page-locked buffer, which the next run() overwrites.
+        return self._h_out.astype(np.float32, copy=True)
+
+    def describe(self) -> Dict[str, Any]:
+        dev = self._cuda.Device(0)
+        return {
+            "backend": "tensorrt",
+            "version": self._version,
+            "device": dev.name(),
+            "compute_capability": "%d.%d" % dev.compute_capability(),
+            "input": {"name": self.input_name, "shape": self.input_shape,
+                      "dtype": self.input_dtype.name},
+            "output": self._output_name,
+            "device_timing": "cuda events around execute_async_v3",
+        }
+
+    def close(self) -> None:
+        self._context = self._engine = None
+        self._d_in = self._d_out = self._h_out = None
+        ctx, self._ctx = getattr(self, "_ctx", None), None
+        if ctx is not None:
+            ctx.pop()
+            ctx.detach()
+
+
+def make_runner(path: str, backend: str = "onnxruntime", **kw: Any) -> Runner:
+    """A runner for `path` on `backend` ('onnxruntime' | 'tensorrt'); `kw` go to its class."""
+    key = backend.lower()
+    if key in ("onnxruntime", "ort"):
+        return OrtRunner(path, **kw)
+    if key in ("tensorrt", "trt"):
+        return TrtRunner(path, **kw)
+    raise DeployError("unknown backend %r: use 'onnxruntime' or 'tensorrt'" % backend)
+
+
+def _resolve_providers(providers: Optional[Sequence[str]]) -> List[str]:
+    if not providers:
+        return ["CPUExecutionProvider"]
+    resolved = [_PROVIDER_ALIASES.get(p.lower(), p) for p in providers]
+    # CPU stays last as the fallback for operators the accelerator provider does not take.
+    if "CPUExecutionProvider" not in resolved:
+        resolved.append("CPUExecutionProvider")
+    return resolved
+
+
+def _import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise RunnerUnavailable(
+            "onnxruntime is not installed (%s): pip install onnxruntime, or on Jetson the "
+            "onnxruntime-gpu wheel built for your JetPack" % e) from e
+    return onnxruntime
+
+
+def _import_tensorrt() -> Any:
+    try:
+        import pycuda.driver as cuda
+        import tensorrt as trt
+    except ImportError as e:
+        raise RunnerUnavailable(
+            "TensorRT backend needs tensorrt and pycuda (%s): pip install tensorrt pycuda, or "
+            "on Jetson use the TensorRT that JetPack installs (python3-libnvinfer) and "
+            "pip install pycuda" % e) from e
+    # The named-tensor API (set_input_shape, set_tensor_address, execute_async_v3) arrived in
+    # 8.5 (JetPack 5.1) and is the only one left in TensorRT 10.
+    if tuple(int(p) for p in trt.__version__.split(".")[:2]) < (8, 5):
+        raise RunnerUnavailable("TensorRT %s found; TrtRunner needs TensorRT 8.5+ (JetPack 5.1+)"
+                                % trt.__version__)
+    return trt, cuda

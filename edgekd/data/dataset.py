@@ -1,0 +1,141 @@
+"""The `Dataset` every stage consumes, and `load_dataset(spec)` that builds it.
+
+Images are held as uint8 tensors (N, 3, H, W) at the model's input size: small data sets
+(digits, CIFAR-10) fit in memory many times over, batches are sliced without a DataLoader,
+and augmentation runs batched on tensors (see `edgekd.data.augment`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from edgekd.errors import DataError
+
+DATASETS = ("digits", "cifar10", "imagefolder:PATH")
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 (N, 3, H, W)
+    labels: torch.Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices) -> Split:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return Split(self.images[idx], self.labels[idx])
+
+
+@dataclass
+class Dataset:
+    name: str
+    classes: list[str]
+    train: Split
+    val: Split
+    test: Split
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    hflip: bool  # whether horizontal flips preserve the label (not for digits)
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_size(self) -> int:
+        return int(self.train.images.shape[-1])
+
+    def fingerprint(self) -> str:
+        """A hash of what a model trained on this data depends on: classes, sizes, pixels."""
+        h = hashlib.sha256()
+        h.update(repr((self.name, self.classes, self.mean, self.std)).encode())
+        for split in (self.train, self.val, self.test):
+            h.update(repr(tuple(split.images.shape)).encode())
+            h.update(split.images.numpy().tobytes())
+            h.update(split.labels.numpy().tobytes())
+        return h.hexdigest()
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "classes": self.classes,
+            "num_classes": self.num_classes,
+            "input_size": self.input_size,
+            "sizes": {"train": len(self.train), "val": len(self.val), "test": len(self.test)},
+            "normalization": {"mean": list(self.mean), "std": list(self.std)},
+            "hflip": self.hflip,
+            "fingerprint": self.fingerprint(),
+            **self.extra,
+        }
+
+
+def parse_dataset_spec(spec: str) -> tuple[str, str | None]:
+    """'digits' | 'cifar10' | 'imagefolder:PATH' -> (kind, path)."""
+    if spec in ("digits", "cifar10"):
+        return spec, None
+    if spec.startswith("imagefolder:") and len(spec) > len("imagefolder:"):
+        return "imagefolder", spec[len("imagefolder:") :]
+    raise DataError(f"unknown dataset {spec!r}: use one of {', '.join(DATASETS)}")
+
+
+def load_dataset(
+    spec: str,
+    input_size: int = 32,
+    data_dir: str | Path | None = None,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    download: bool = True,
+) -> Dataset:
+    """Load a data set by spec, resized to `input_size`, with deterministic stratified splits."""
+    kind, path = parse_dataset_spec(spec)
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"val fraction must be in [0, 1), got {val_fraction}")
+    if kind == "digits":
+        from edgekd.data.digits import load_digits_dataset
+
+        return load_digits_dataset(input_size, val_fraction, split_seed)
+    if kind == "cifar10":
+        from edgekd.data.cifar10 import load_cifar10
+
+        return load_cifar10(data_dir, input_size, val_fraction, split_seed, download)
+    from edgekd.data.imagefolder import load_imagefolder
+
+    return load_imagefolder(path, input_size, val_fraction, split_seed)
+
+
+def stratified_split(
+    labels: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (keep, held_out) with `fraction` of each class held out, deterministically."""
+    idx = np.arange(len(labels))
+    if fraction <= 0:
+        return idx, idx[:0]
+    keep, held = train_test_split(idx, test_size=fraction, stratify=labels, random_state=seed)
+    return np.sort(keep), np.sort(held)
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and sd of uint8 images, in [0, 1] units, rounded for readability."""
+    x = images.to(torch.float64) / 255.0
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
+
+
+def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a uint8 (N, C, H, W) batch to size x size (bilinear, antialiased when shrinking)."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    x = images.float()
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+    return x.round().clamp(0, 255).to(torch.uint8)

@@ -1,0 +1,1 @@
+"""Distillation losses and the objectives that combine them with the task loss."""

@@ -1,0 +1,17 @@
+"""User-facing errors: one line, naming the fix; the CLI prints them without a traceback."""
+
+
+class EdgeKDError(Exception):
+    """A mistake the user can fix (bad path, wrong name, mismatched checkpoint...)."""
+
+
+class DataError(EdgeKDError):
+    """The data set is missing, empty or inconsistent."""
+
+
+class ModelError(EdgeKDError):
+    """Unknown model name, or a checkpoint that does not fit the model."""
+
+
+class RunDirError(EdgeKDError):
+    """The run directory holds something that conflicts with the request."""

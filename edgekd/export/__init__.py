@@ -1,0 +1,1 @@
+"""Exporters: ONNX with the input contract in its metadata and a parity check vs PyTorch."""

@@ -1,0 +1,155 @@
+"""One way to make a model: `create_model(name, num_classes, mean, std)`.
+
+Every model is wrapped in `Classifier`, which holds the input normalisation as buffers: the
+model takes raw [0, 1] RGB pixels, the statistics travel inside the checkpoint, and the ONNX
+export has them folded into the graph, so a device feeds raw pixels.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torchvision
+from torch import nn
+
+from edgekd.errors import ModelError
+from edgekd.models import mobilenetv2_cifar as mbv2
+from edgekd.models.profile import count_macs, count_params
+
+
+class Classifier(nn.Module):
+    """Normalise raw [0, 1] pixels with the run's mean/std, then run the network (`body`)."""
+
+    def __init__(self, body: nn.Module, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body((x - self.mean) / self.std)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    family: str
+    build: Callable[[int], nn.Module]
+    input_size: int
+    description: str
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def _register(name, family, build, input_size, description):
+    _REGISTRY[name] = _Entry(name, family, build, input_size, description)
+
+
+_register(
+    "mbv2_cifar", "mobilenetv2-cifar", mbv2.mobilenet_v2_cifar, 32,
+    "CIFAR MobileNetV2, width 1.0 (the papers' teacher)",
+)
+for _L in mbv2.TRUNCATIONS:
+    _register(
+        f"mbv2_cifar_trunc{_L}", "truncated", functools.partial(mbv2.TruncatedMobileNetV2, removed=_L),
+        32, f"teacher features[:-{_L}] + GAP + Linear (paper's truncated student)",
+    )
+for _w in mbv2.WIDTHS:
+    _register(
+        f"mbv2_cifar_w{_w}", "width", functools.partial(mbv2.mobilenet_v2_cifar, width_mult=_w),
+        32, f"CIFAR MobileNetV2, width multiplier {_w} (fewer MACs, not only fewer params)",
+    )
+
+
+@functools.cache
+def _torchvision_names() -> frozenset[str]:
+    return frozenset(torchvision.models.list_models(module=torchvision.models))
+
+
+def is_known(name: str) -> bool:
+    return name in _REGISTRY or name in _torchvision_names()
+
+
+def default_input_size(name: str) -> int:
+    _check_name(name)
+    entry = _REGISTRY.get(name)
+    return entry.input_size if entry else 224
+
+
+def _check_name(name: str) -> None:
+    if not is_known(name):
+        builtin = ", ".join(_REGISTRY)
+        raise ModelError(
+            f"unknown model {name!r}: use one of {builtin}, or a torchvision classification "
+            "model name such as resnet18 (see `edgekd models`)"
+        )
+
+
+def list_models() -> list[str]:
+    """The built-in families (torchvision classification models are accepted by name too)."""
+    return list(_REGISTRY)
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    mean: Sequence[float] = (0.0, 0.0, 0.0),
+    std: Sequence[float] = (1.0, 1.0, 1.0),
+) -> Classifier:
+    """Build a randomly initialised model wrapped with its input normalisation."""
+    _check_name(name)
+    entry = _REGISTRY.get(name)
+    if entry is not None:
+        body = entry.build(num_classes)
+    else:
+        body = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    return Classifier(body, mean, std)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    family: str
+    params: int
+    macs: int
+    input_size: int
+    compression_factor: float | None
+    description: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def describe(
+    name: str,
+    num_classes: int = 10,
+    input_size: int | None = None,
+    teacher: str | None = "mbv2_cifar",
+) -> ModelInfo:
+    """Params (trainable), MACs at the input size, and compression factor vs `teacher`."""
+    _check_name(name)
+    entry = _REGISTRY.get(name)
+    size = input_size or default_input_size(name)
+    model = create_model(name, num_classes)
+    params = count_params(model)
+    cf = None
+    if teacher is not None:
+        cf = round(_params(teacher, num_classes) / params, 2)
+    return ModelInfo(
+        name=name,
+        family=entry.family if entry else "torchvision",
+        params=params,
+        macs=count_macs(model, size),
+        input_size=size,
+        compression_factor=cf,
+        description=entry.description if entry else f"torchvision.models.{name}",
+    )
+
+
+@functools.cache
+def _params(name: str, num_classes: int) -> int:
+    return count_params(create_model(name, num_classes))

@@ -1,0 +1,340 @@
+"""`edgekd compress`: data -> teacher -> student -> ONNX export -> latency -> report.
+
+Each stage reads and writes the run directory and is skipped when the ledger says its output
+is valid for the current settings; training stages resume from their per-epoch checkpoint.
+Later stages (attribution maps, InDistill warm-up, INT8) slot in between these.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from edgekd import __version__
+from edgekd.config import RunConfig, validate
+from edgekd.data import Dataset, load_dataset
+from edgekd.data.augment import AugmentSettings
+from edgekd.data.dataset import stratified_split
+from edgekd.distill.losses import DistillObjective, KDLoss
+from edgekd.export.onnx import export_onnx, parity_check
+from edgekd.io import sha256_file, write_json
+from edgekd.models.profile import count_macs, count_params
+from edgekd.models.registry import Classifier, create_model, default_input_size
+from edgekd.pipeline.rundir import BENCH, METRICS, REPORT, RunDir, stage_key
+from edgekd.train import checkpoint, engine
+
+
+class Reporter(engine.Callback, Protocol):
+    def stage(self, name: str, status: str, detail: str = "") -> None: ...
+
+
+class _Silent:
+    def stage(self, name, status, detail=""): ...
+    def on_epoch_start(self, stage, epoch, epochs, steps): ...
+    def on_step(self, stage, step, loss, acc, ips): ...
+    def on_epoch_end(self, stage, record): ...
+
+
+@dataclass
+class Context:
+    cfg: RunConfig
+    run: RunDir
+    device: torch.device
+    reporter: Reporter
+    data: Dataset | None = None
+    info: dict = field(default_factory=dict)
+
+
+def compress(
+    cfg: RunConfig, out: str | Path, *, resume: bool = False, force: bool = False,
+    reporter: Reporter | None = None,
+) -> dict:
+    """Run the whole pipeline into `out`; return the report (also written to report.json)."""
+    validate(cfg)
+    device = engine.resolve_device(cfg.device)
+    reporter = reporter or _Silent()
+    t0 = time.perf_counter()
+    # Everything that can fail on user input is checked before the run directory is touched.
+    reporter.stage("data", "start", cfg.data.dataset)
+    data = prepare_data(cfg)
+    if cfg.teacher.checkpoint:
+        checkpoint.load_model(cfg.teacher.checkpoint, cfg.teacher.arch, data.num_classes,
+                              "teacher checkpoint")
+    run = RunDir(out)
+    status = run.open(cfg, resume=resume, force=force)
+    ctx = Context(cfg, run, device, reporter, data=data)
+    ctx.info["open"] = status
+    stage_data(ctx)
+    stage_teacher(ctx)
+    stage_student(ctx)
+    stage_export(ctx)
+    if cfg.bench.enabled:
+        stage_bench(ctx)
+    report = build_report(ctx, wall_time_s=time.perf_counter() - t0)
+    write_json(run / REPORT, report)
+    return report
+
+
+# ---- stages ------------------------------------------------------------------------------
+def prepare_data(run_cfg: RunConfig) -> Dataset:
+    """The run's data set at the run's input size, with the training subset applied."""
+    cfg = run_cfg.data
+    size = cfg.input_size or default_input_size(run_cfg.teacher.arch)
+    data = load_dataset(cfg.dataset, size, cfg.data_dir, cfg.val_fraction, cfg.split_seed)
+    if cfg.train_subset is not None and cfg.train_subset < 1.0:
+        keep, _ = stratified_split(data.train.labels.numpy(), 1.0 - cfg.train_subset, cfg.split_seed)
+        data.train = data.train.subset(keep)
+        data.extra["train_subset"] = cfg.train_subset
+    return data
+
+
+def stage_data(ctx: Context) -> None:
+    if ctx.data is None:
+        ctx.data = prepare_data(ctx.cfg)
+    data = ctx.data
+    size = data.input_size
+    ctx.info["data"] = data.summary()
+    write_json(ctx.run / "data.json", ctx.info["data"])
+    sizes = ctx.info["data"]["sizes"]
+    ctx.reporter.stage(
+        "data", "done",
+        f"{data.name}: {data.num_classes} classes, {sizes['train']}/{sizes['val']}/{sizes['test']} "
+        f"train/val/test at {size}x{size}",
+    )
+
+
+def _augment(ctx: Context) -> AugmentSettings:
+    d = ctx.cfg.data
+    pad = d.crop_padding if d.crop_padding is not None else ctx.data.input_size // 8
+    return AugmentSettings(crop_padding=pad, hflip=ctx.data.hflip if d.hflip is None else d.hflip)
+
+
+def _new_model(ctx: Context, arch: str) -> Classifier:
+    # Seeded per role so the student's init does not depend on whether the teacher was trained.
+    torch.manual_seed(ctx.cfg.seed * 2 + (arch == ctx.cfg.student.arch))
+    return create_model(arch, ctx.data.num_classes, ctx.data.mean, ctx.data.std)
+
+
+def _train(ctx: Context, stage: str, model, train_cfg, objective, key: str):
+    ckpt_dir = ctx.run / "ckpt"
+    ckpt_dir.mkdir(exist_ok=True)
+    return engine.train(
+        model, ctx.data.train, ctx.data.val, ctx.data.test, train_cfg,
+        stage=stage, seed=ctx.cfg.seed, device=ctx.device, objective=objective,
+        transform=engine.StandardAugment(_augment(ctx)),
+        state_path=ckpt_dir / f"{stage}.state.pt", metrics_path=ctx.run / METRICS,
+        settings_key=key, resume=True, tb_dir=ctx.run / "tb", callback=ctx.reporter,
+    )
+
+
+def stage_teacher(ctx: Context) -> None:
+    tcfg = ctx.cfg.teacher
+    data = ctx.data
+    source = (
+        {"checkpoint_sha256": sha256_file(tcfg.checkpoint)}
+        if tcfg.checkpoint and Path(tcfg.checkpoint).is_file()
+        else {"train": tcfg.train.__dict__}
+    )
+    key = stage_key("teacher", tcfg.arch, source, data.fingerprint(), ctx.cfg.seed,
+                    ctx.device.type, _augment(ctx).__dict__)
+    if ctx.run.stage_valid("teacher", key):
+        ctx.reporter.stage("teacher", "skip", "teacher.pt is valid")
+        return
+    if tcfg.checkpoint:
+        ctx.reporter.stage("teacher", "start", f"loading {tcfg.checkpoint}")
+        model, meta = checkpoint.load_model(tcfg.checkpoint, tcfg.arch, data.num_classes, "teacher checkpoint")
+        if meta.get("classes") and meta["classes"] != data.classes:
+            from edgekd.errors import ModelError
+
+            raise ModelError(
+                f"teacher checkpoint {tcfg.checkpoint} was trained on classes {meta['classes'][:5]}..., "
+                f"not this data set's {data.classes[:5]}...: use a teacher of this data set"
+            )
+        acc, _ = engine.evaluate(model, data.test, ctx.device)
+        model.cpu()
+        val_acc, _ = engine.evaluate(model.to(ctx.device), data.val, ctx.device)
+        model.cpu()
+        summary = {"source": str(tcfg.checkpoint), "last_epoch": {"test_acc": acc, "val_acc": val_acc},
+                   "best_epoch": {"test_acc": acc, "val_acc": val_acc, "selected_on": "given"}}
+    else:
+        ctx.reporter.stage("teacher", "start", f"training {tcfg.arch}")
+        model = _new_model(ctx, tcfg.arch)
+        result = _train(ctx, "teacher", model, tcfg.train,
+                        engine.CrossEntropy(tcfg.train.label_smoothing), key)
+        summary = {"source": "trained", **result.summary()}
+    checkpoint.save_model(model.cpu(), ctx.run / "teacher.pt", tcfg.arch, data.classes,
+                          input_size=data.input_size, dataset=data.name, training=summary)
+    ctx.run.mark_done("teacher", key, ["teacher.pt"], summary)
+    (ctx.run / "ckpt" / "teacher.state.pt").unlink(missing_ok=True)
+    ctx.reporter.stage("teacher", "done", f"test top-1 {summary['last_epoch']['test_acc']:.2f} %")
+
+
+def _load_run_model(ctx: Context, name: str) -> Classifier:
+    model, _ = checkpoint.load_model(ctx.run / f"{name}.pt", what=name)
+    return model
+
+
+def stage_student(ctx: Context) -> None:
+    cfg = ctx.cfg
+    scfg = cfg.student
+    key = stage_key("student", scfg.arch, scfg.train.__dict__, cfg.method, cfg.kd.__dict__,
+                    ctx.run.output_hash("teacher.pt"), ctx.data.fingerprint(), cfg.seed,
+                    ctx.device.type, _augment(ctx).__dict__)
+    if ctx.run.stage_valid("student", key):
+        ctx.reporter.stage("student", "skip", "student.pt is valid")
+        return
+    ctx.reporter.stage("student", "start", f"distilling {scfg.arch} with {cfg.method}")
+    methods = set(cfg.method.split("+"))
+    model = _new_model(ctx, scfg.arch)
+    ls = scfg.train.label_smoothing
+    if "kd" in methods:
+        teacher = _load_run_model(ctx, "teacher").to(ctx.device)
+        if scfg.train.channels_last:
+            teacher.to(memory_format=torch.channels_last)
+        objective = DistillObjective(
+            teacher, [(cfg.kd.alpha, KDLoss(cfg.kd.temperature))], task_weight=1.0 - cfg.kd.alpha,
+            label_smoothing=ls,
+        )
+    else:
+        objective = engine.CrossEntropy(ls)
+    result = _train(ctx, "student", model, scfg.train, objective, key)
+    summary = {"method": cfg.method, **result.summary()}
+    checkpoint.save_model(model.cpu(), ctx.run / "student.pt", scfg.arch, ctx.data.classes,
+                          input_size=ctx.data.input_size, dataset=ctx.data.name,
+                          method=cfg.method, training=summary)
+    ctx.run.mark_done("student", key, ["student.pt"], summary)
+    (ctx.run / "ckpt" / "student.state.pt").unlink(missing_ok=True)
+    ctx.reporter.stage("student", "done", f"test top-1 {summary['last_epoch']['test_acc']:.2f} %")
+
+
+def stage_export(ctx: Context) -> None:
+    opset = ctx.cfg.export.opset
+    e = ctx.cfg.export
+    key = stage_key("export", ctx.run.output_hash("teacher.pt"), ctx.run.output_hash("student.pt"),
+                    opset, e.parity_atol, e.min_agreement, ctx.data.fingerprint())
+    if ctx.run.stage_valid("export", key):
+        ctx.reporter.stage("export", "skip", "student.onnx is valid")
+        return
+    info = {}
+    for name in ("student", "teacher"):
+        ctx.reporter.stage("export", "start", f"{name}.onnx (opset {opset})")
+        model = _load_run_model(ctx, name)
+        meta = {"classes": ctx.data.classes, "source_sha256": ctx.run.output_hash(f"{name}.pt"),
+                "arch": getattr(ctx.cfg, name).arch, "role": name}
+        export_onnx(model, ctx.run / f"{name}.onnx", ctx.data.input_size, opset, meta)
+        info[name] = parity_check(model, ctx.run / f"{name}.onnx", ctx.data.test.images,
+                                  e.parity_atol, e.min_agreement)
+    ctx.run.mark_done("export", key, ["student.onnx", "teacher.onnx"], {"parity": info})
+    p = info["student"]
+    ctx.reporter.stage("export", "done", f"parity: max |diff| {p['max_abs_diff']:.2e}, "
+                       f"top-1 agreement {p['top1_agreement']:.2f} %")
+
+
+def stage_bench(ctx: Context) -> None:
+    from deploy.envinfo import capture
+    from deploy.harness import MeasureSettings, measure
+    from deploy.runners import OrtRunner
+
+    b = ctx.cfg.bench
+    key = stage_key("bench", ctx.run.output_hash("student.onnx"), ctx.run.output_hash("teacher.onnx"),
+                    b.__dict__)
+    if ctx.run.stage_valid("bench", key):
+        ctx.reporter.stage("bench", "skip", "bench.json is valid")
+        return
+    threads = b.threads or os.cpu_count() or 1
+    settings = MeasureSettings(warmup_s=b.warmup_s, warmup_iters=3, min_iters=b.min_iters,
+                               min_s=b.min_s)
+    # Real test images, cycled to fill the largest batch.
+    inputs = ctx.data.test.images[: max(b.batch_sizes) * 2].float().div(255.0).numpy()
+    results = {}
+    for name in ("teacher", "student"):
+        runner = OrtRunner(str(ctx.run / f"{name}.onnx"), intra_op_threads=threads)
+        try:
+            results[name] = {"runner": runner.describe(), "results": []}
+            for bs in b.batch_sizes:
+                ctx.reporter.stage("bench", "start", f"{name}, batch {bs}, ONNX Runtime CPU")
+                results[name]["results"].append(measure(runner, inputs, bs, settings))
+        finally:
+            runner.close()
+    doc = {
+        "schema": "edgekd.bench", "schema_version": 1, "where": "local",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "environment": capture(),
+        "settings": settings.__dict__, "backend": "onnxruntime-cpu", "threads": threads,
+        "models": results,
+    }
+    write_json(ctx.run / BENCH, doc)
+    ctx.run.mark_done("bench", key, [BENCH], {})
+    ctx.reporter.stage("bench", "done", f"{len(b.batch_sizes)} batch sizes, {threads} threads")
+
+
+# ---- report ------------------------------------------------------------------------------
+def _model_entry(ctx: Context, role: str) -> dict:
+    model = _load_run_model(ctx, role)
+    arch = getattr(ctx.cfg, role).arch
+    training = ctx.run.stage_info(role)
+    return {
+        "arch": arch,
+        "params": count_params(model),
+        "macs": count_macs(model, ctx.data.input_size),
+        "accuracy": round(training["last_epoch"]["test_acc"], 2),
+        "accuracy_best_epoch": round(training["best_epoch"]["test_acc"], 2),
+        "training": training,
+    }
+
+
+def _latency_summary(ctx: Context) -> dict:
+    f = ctx.run / BENCH
+    if not f.exists():
+        return {}
+    import json
+
+    doc = json.loads(f.read_text())
+    out = {}
+    for role, entry in doc["models"].items():
+        out[role] = {
+            f"batch_{r['batch_size']}": {
+                "p50_ms": r["latency_ms"]["p50"], "p90_ms": r["latency_ms"]["p90"],
+                "mean_ms": r["latency_ms"]["mean"], "throughput_ips": r["throughput_ips"],
+            }
+            for r in entry["results"]
+        }
+    out["backend"] = f"{doc['backend']}, {doc['threads']} threads"
+    out["cpu"] = (doc["environment"].get("cpu") or {}).get("model")
+    return out
+
+
+def build_report(ctx: Context, wall_time_s: float) -> dict:
+    teacher, student = _model_entry(ctx, "teacher"), _model_entry(ctx, "student")
+    artifacts = {
+        name: name for name in ("config.yaml", "teacher.pt", "student.pt", "student.onnx",
+                                "teacher.onnx", METRICS, BENCH, "data.json")
+        if (ctx.run / name).exists()
+    }
+    return {
+        "edgekd_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "method": ctx.cfg.method,
+        "dataset": {k: v for k, v in ctx.info["data"].items() if k != "classes"} | {
+            "classes": ctx.data.classes},
+        "seed": ctx.cfg.seed,
+        "device": str(ctx.device),
+        "teacher": teacher,
+        "student": student,
+        "compression_factor": round(teacher["params"] / student["params"], 2),
+        "mac_reduction": round(teacher["macs"] / student["macs"], 2),
+        "export": ctx.run.stage_info("export"),
+        "latency": _latency_summary(ctx),
+        "artifacts": artifacts,
+        "wall_time_s": round(wall_time_s, 1),
+        "status": ctx.info.get("open"),
+    }
+
+
+def sample_inputs(data: Dataset, n: int) -> np.ndarray:
+    return data.test.images[:n].float().div(255.0).numpy()

@@ -1,0 +1,318 @@
+"""One training loop for teachers and students.
+
+Determinism: every epoch draws its sample order, augmentation and dropout from generators
+seeded by (seed, epoch), and the learning rate is a function of the step. A checkpoint saved
+atomically at the end of each epoch therefore lets a killed run continue bit-for-bit: the
+interrupted epoch is simply run again from the same state with the same random numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgekd.config import TrainConfig
+from edgekd.data.augment import AugmentSettings, random_crop_flip
+from edgekd.data.dataset import Split
+from edgekd.errors import RunDirError
+from edgekd.io import append_jsonl, read_jsonl, write_text
+from edgekd.train import checkpoint
+from edgekd.train.schedule import lr_at
+
+
+class Objective(Protocol):
+    """Computes the training loss; runs the model itself so it may tap features or a teacher."""
+
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class BatchTransform(Protocol):
+    """uint8 batch (on device) + dataset indices + generator -> float model input in [0, 1]."""
+
+    def __call__(self, x: torch.Tensor, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor: ...
+
+
+class CrossEntropy:
+    """The task loss alone (a teacher, or a student trained without a teacher)."""
+
+    def __init__(self, label_smoothing: float = 0.0):
+        self.label_smoothing = label_smoothing
+
+    def __call__(self, model, x, y, idx):
+        logits = model(x)
+        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing), logits
+
+
+@dataclass
+class StandardAugment:
+    """Random crop with zero padding and (where labels allow) horizontal flip, batched."""
+
+    settings: AugmentSettings
+
+    def __call__(self, x, idx, g):
+        return random_crop_flip(x.float().div_(255.0), self.settings, g)
+
+
+class Callback(Protocol):
+    def on_epoch_start(self, stage: str, epoch: int, epochs: int, steps: int) -> None: ...
+    def on_step(self, stage: str, step: int, loss: float, acc: float, ips: float) -> None: ...
+    def on_epoch_end(self, stage: str, record: dict) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    last: dict  # the final epoch's record
+    best: dict  # the record of the epoch with the best validation accuracy
+    history: list[dict] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {
+            "epochs": self.last["epoch"],
+            "last_epoch": {"epoch": self.last["epoch"], "test_acc": self.last["test_acc"],
+                           "val_acc": self.last["val_acc"]},
+            "best_epoch": {"epoch": self.best["epoch"], "test_acc": self.best["test_acc"],
+                           "val_acc": self.best["val_acc"], "selected_on": self.best["selected_on"]},
+        }
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RunDirError(f"device {name} requested but CUDA is not available: use --device cpu")
+    return dev
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: int = 500,
+             channels_last: bool = False) -> tuple[float, float]:
+    """(top-1 accuracy in percent, mean cross-entropy) on a split, model in eval mode."""
+    if len(split) == 0:
+        return float("nan"), float("nan")
+    was_training = model.training
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    for i in range(0, len(split), batch_size):
+        x = split.images[i : i + batch_size].to(device).float().div_(255.0)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = split.labels[i : i + batch_size].to(device)
+        logits = model(x).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    model.train(was_training)
+    return 100.0 * correct / len(split), loss_sum / len(split)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, device: torch.device,
+                          batch_size: int = 256, channels_last: bool = False) -> None:
+    """Replace BatchNorm running statistics by their exact average over `images` (uint8).
+
+    Early in training the running averages lag far behind the fast-moving weights, and a
+    deep net such as MobileNetV2 (52 BN layers) can then score chance in eval mode while
+    train-mode accuracy is high. Recomputing them ("precise BN") costs one forward pass over
+    a few hundred images and does not change training itself: train mode uses batch stats.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or len(images) == 0:
+        return
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the batches below
+    was_training = model.training
+    model.train()
+    for i in range(0, len(images), batch_size):
+        x = images[i : i + batch_size].to(device).float().div_(255.0)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        model(x)
+    for bn, m in zip(bns, momenta, strict=True):
+        bn.momentum = m
+    model.train(was_training)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7_919) % (2**63)
+
+
+def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if device.type == "cuda" and enabled:
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def train(
+    model: nn.Module,
+    train_split: Split,
+    val_split: Split,
+    test_split: Split,
+    cfg: TrainConfig,
+    *,
+    stage: str,
+    seed: int,
+    device: torch.device,
+    objective: Objective,
+    transform: BatchTransform,
+    state_path: Path,
+    metrics_path: Path,
+    settings_key: str,
+    resume: bool = False,
+    tb_dir: Path | None = None,
+    callback: Callback | None = None,
+) -> TrainResult:
+    """Train `model` in place; checkpoint every epoch to `state_path`; log to `metrics_path`."""
+    model.to(device)
+    channels_last = cfg.channels_last
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = _make_optimizer(model, cfg)
+    use_scaler = device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+
+    n = len(train_split)
+    bs = min(cfg.batch_size, n)
+    drop_last = n > bs  # avoids a 1-sample BatchNorm batch at the end of an epoch
+    steps = n // bs if drop_last else 1
+    total_steps = steps * cfg.epochs
+
+    start_epoch, history = 1, []
+    if resume and state_path.exists():
+        state = checkpoint.load(state_path, "training state")
+        if state.get("settings_key") != settings_key:
+            raise RunDirError(
+                f"{state_path} was written with different settings: rerun with --force to start over"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start_epoch = state["epoch"] + 1
+        history = list(state["history"])
+    _truncate_metrics(metrics_path, stage, start_epoch - 1)
+
+    writer = None
+    if tb_dir is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(tb_dir / stage), purge_step=start_epoch)
+
+    images_dev = train_split.images.to(device)
+    labels_dev = train_split.labels.to(device)
+    try:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            seed_e = _epoch_seed(seed, epoch)
+            gen = torch.Generator().manual_seed(seed_e)
+            torch.manual_seed(seed_e)  # dropout and anything else drawing from the global RNG
+            order = torch.randperm(n, generator=gen)
+            model.train()
+            if callback:
+                callback.on_epoch_start(stage, epoch, cfg.epochs, steps)
+            t0 = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            seen = 0
+            for s in range(steps):
+                idx = order[s * bs : (s + 1) * bs]
+                idx_dev = idx.to(device)
+                x = transform(images_dev[idx_dev], idx, gen)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                y = labels_dev[idx_dev]
+                lr = lr_at(cfg.schedule, cfg.lr, (epoch - 1) * steps + s, total_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with _autocast(device, cfg.amp):
+                    loss, logits = objective(model, x, y, idx_dev)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                loss_sum += loss.detach() * len(idx)
+                correct += (logits.detach().argmax(1) == y).sum()
+                seen += len(idx)
+                if callback:
+                    dt = time.perf_counter() - t0
+                    callback.on_step(stage, s + 1, loss_sum.item() / seen,
+                                     100.0 * correct.item() / seen, seen / max(dt, 1e-9))
+            train_time = time.perf_counter() - t0
+            if cfg.bn_recalibration > 0:
+                recalibrate_batchnorm(model, train_split.images[: cfg.bn_recalibration], device,
+                                      channels_last=channels_last)
+            val_acc, val_loss = evaluate(model, val_split, device, channels_last=channels_last)
+            test_acc, test_loss = evaluate(model, test_split, device, channels_last=channels_last)
+            record = {
+                "stage": stage, "epoch": epoch, "lr": lr,
+                "train_loss": loss_sum.item() / seen, "train_acc": 100.0 * correct.item() / seen,
+                "val_acc": val_acc, "val_loss": val_loss,
+                "test_acc": test_acc, "test_loss": test_loss,
+                "images_per_s": seen / train_time, "epoch_time_s": time.perf_counter() - t0,
+            }
+            history.append(record)
+            checkpoint.save(
+                {
+                    "epoch": epoch,
+                    "settings_key": settings_key,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict() if use_scaler else None,
+                    "history": history,
+                },
+                state_path,
+            )
+            # The metrics line follows the checkpoint: a crash between the two is healed on
+            # resume, which rewrites the log to match the checkpoint.
+            append_jsonl(metrics_path, record)
+            if writer is not None:
+                for k in ("train_loss", "train_acc", "val_acc", "test_acc", "lr", "images_per_s"):
+                    writer.add_scalar(f"{stage}/{k}", record[k], epoch)
+                writer.flush()
+            if callback:
+                callback.on_epoch_end(stage, record)
+    finally:
+        if writer is not None:
+            writer.close()
+    model.to(memory_format=torch.contiguous_format)
+    return _result(history, has_val=len(val_split) > 0)
+
+
+def _result(history: list[dict], has_val: bool) -> TrainResult:
+    key = "val_acc" if has_val else "test_acc"
+    # Ties go to the later epoch: it has seen more training.
+    best = max(reversed(history), key=lambda r: r[key])
+    best = {**best, "selected_on": "val" if has_val else "test (no val split: optimistic)"}
+    return TrainResult(last=history[-1], best=best, history=history)
+
+
+def _truncate_metrics(path: Path, stage: str, last_epoch: int) -> None:
+    """Drop this stage's log lines past `last_epoch` (left by a run killed mid-way)."""
+    records = read_jsonl(path)
+    kept = [r for r in records if r.get("stage") != stage or r.get("epoch", 0) <= last_epoch]
+    if path.exists() and (len(kept) != len(records) or path.read_text().count("\n") != len(records)):
+        import json
+
+        write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+TrainFn = Callable[..., TrainResult]

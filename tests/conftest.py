@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny real data sets and small, fast pipeline settings."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+
+CIFAR_ZIP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.zip"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Keep decoded-data caches out of the user's home during tests."""
+    old = os.environ.get("EDGEKD_CACHE")
+    os.environ["EDGEKD_CACHE"] = str(tmp_path_factory.mktemp("edgekd-cache"))
+    yield
+    if old is None:
+        os.environ.pop("EDGEKD_CACHE", None)
+    else:
+        os.environ["EDGEKD_CACHE"] = old
+
+
+def extract_cifar_subset(dest: Path, classes: list[str], n_train: int, n_test: int, size=None) -> Path:
+    """Copy a few real CIFAR-10 JPEGs per class into an ImageFolder tree (optionally resized)."""
+    if not CIFAR_ZIP.exists():
+        pytest.skip(f"{CIFAR_ZIP} is absent (the shared CIFAR-10 JPEG copy)")
+    from PIL import Image
+
+    with zipfile.ZipFile(CIFAR_ZIP) as z:
+        names = sorted(n for n in z.namelist() if n.endswith(".jpg"))
+        for split, n in (("train", n_train), ("test", n_test)):
+            for c in classes:
+                members = [m for m in names if f"{split}/{c}/" in m][:n]
+                out = dest / split / c
+                out.mkdir(parents=True, exist_ok=True)
+                for m in members:
+                    target = out / Path(m).name
+                    with z.open(m) as src:
+                        if size is None:
+                            target.write_bytes(src.read())
+                        else:
+                            Image.open(src).convert("RGB").resize(size, Image.BICUBIC).save(target)
+    return dest
+
+
+# Small settings for end-to-end runs: tiny models at 16x16, few images, one or two epochs.
+TINY = [
+    "--teacher-arch", "mbv2_cifar_w0.25", "--student", "mbv2_cifar_trunc13",
+    "--input-size", "16", "--train-subset", "0.25", "--teacher-epochs", "1", "--epochs", "2",
+    "--set", "bench.min_s=0.05", "--set", "bench.warmup_s=0.02", "--set", "bench.min_iters=3",
+    "--set", "bench.batch_sizes=1,8",
+]

@@ -1,0 +1,207 @@
+"""`edgekd compress` end to end through the real CLI, on real data, with tiny models."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edgekd.cli import cli
+from edgekd.train import checkpoint
+from tests.conftest import TINY, extract_cifar_subset
+
+REPORT_KEYS = {"teacher", "student", "compression_factor", "method", "dataset", "artifacts"}
+MODEL_KEYS = {"arch", "params", "macs", "accuracy"}
+
+
+def _compress(*args):
+    result = CliRunner().invoke(cli, ["compress", *args], catch_exceptions=False)
+    return result
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "digits"
+    result = _compress(*TINY, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_report_has_design_keys_and_real_numbers(digits_run):
+    out, result = digits_run
+    report = json.loads((out / "report.json").read_text())
+    assert REPORT_KEYS <= set(report)
+    for role in ("teacher", "student"):
+        assert MODEL_KEYS <= set(report[role])
+        assert 0 <= report[role]["accuracy"] <= 100
+    assert report["compression_factor"] == round(report["teacher"]["params"] / report["student"]["params"], 2)
+    for rel in report["artifacts"].values():
+        assert (out / rel).exists(), rel
+    # the summary table was printed
+    assert "params" in result.output and "latency p50" in result.output
+    # latency measured on both models at the requested batch sizes
+    bench = json.loads((out / "bench.json").read_text())
+    assert [r["batch_size"] for r in bench["models"]["student"]["results"]] == [1, 8]
+    assert bench["models"]["teacher"]["results"][0]["latency_ms"]["p50"] > 0
+    # metrics.jsonl has one line per epoch per stage
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["epoch"]) for r in lines] == [("teacher", 1), ("student", 1), ("student", 2)]
+    # config.yaml reproduces the run
+    assert "seed: 0" in (out / "config.yaml").read_text()
+
+
+def test_student_onnx_runs_in_onnxruntime_and_matches_torch(digits_run):
+    out, _ = digits_run
+    from edgekd.data import load_dataset
+
+    data = load_dataset("digits", 16)
+    x = data.test.images[:20].float().div(255)
+    model, meta = checkpoint.load_model(out / "student.pt")
+    sess = ort.InferenceSession(str(out / "student.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input": x.numpy()})[0]  # raw [0, 1] pixels: normalisation is inside
+    with torch.no_grad():
+        ref = model.eval()(x).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    contract = {p.key: p.value for p in __import__("onnx").load(str(out / "student.onnx")).metadata_props}
+    assert json.loads(contract["classes"]) == [str(i) for i in range(10)]
+    assert json.loads(contract["value_range"]) == [0.0, 1.0]
+
+
+def test_rerun_skips_valid_stages_and_refuses_other_settings(digits_run):
+    out, _ = digits_run
+    before = (out / "student.pt").stat().st_mtime_ns
+    again = _compress(*TINY, "--out", str(out))
+    assert again.exit_code == 0
+    assert (out / "student.pt").stat().st_mtime_ns == before
+    assert "skip" in again.output
+
+    other = _compress(*TINY, "--out", str(out), "--seed", "3")
+    assert other.exit_code == 2
+    assert "already holds a different run" in other.output and "seed: 0 -> 3" in other.output
+    other = _compress(*TINY, "--out", str(out), "--seed", "3", "--resume")
+    assert other.exit_code == 2 and "cannot resume" in other.output
+    assert (out / "student.pt").stat().st_mtime_ns == before  # nothing was touched
+
+
+def test_corrupt_artifact_is_detected_and_rebuilt(digits_run, tmp_path):
+    out, _ = digits_run
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    onnx_file = copy / "student.onnx"
+    onnx_file.write_bytes(onnx_file.read_bytes()[:1000])  # truncated
+    result = _compress(*TINY, "--out", str(copy), "--resume")
+    assert result.exit_code == 0, result.output
+    assert "export   start" in result.output or "export start" in result.output.replace("  ", " ")
+    ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+        (["--student", "nope"], "unknown student model 'nope'"),
+        (["--method", "kd+magic"], "unknown method"),
+        (["--set", "student.train.optimiser=sgd"], "unknown config key student.train.optimiser"),
+        (["--dataset", "cifar10", "--data-dir", "/nonexistent"], "--data-dir"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
+    out = tmp_path / "run"
+    result = _compress(*TINY, "--out", str(out), *args)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1].startswith("error: ")
+    assert not out.exists()  # nothing written, so a corrected rerun starts clean
+
+
+def test_teacher_checkpoint_of_other_arch_or_classes(digits_run, tmp_path):
+    out, _ = digits_run
+    teacher = out / "teacher.pt"
+    r = _compress(*TINY, "--out", str(tmp_path / "a"), "--teacher", str(teacher),
+                  "--teacher-arch", "mbv2_cifar_w0.5")
+    assert r.exit_code == 2 and "holds a mbv2_cifar_w0.25, not a mbv2_cifar_w0.5" in r.output
+    root = extract_cifar_subset(tmp_path / "three", ["cat", "dog", "ship"], 8, 4)
+    r = _compress(*TINY, "--out", str(tmp_path / "b"), "--teacher", str(teacher),
+                  "--dataset", f"imagefolder:{root}")
+    assert r.exit_code == 2 and "has 10 classes but the data set has 3" in r.output
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(teacher.read_bytes()[:5000])
+    r = _compress(*TINY, "--out", str(tmp_path / "c"), "--teacher", str(cut))
+    assert r.exit_code == 2 and "unreadable" in r.output
+
+
+def test_given_teacher_checkpoint_is_used_not_retrained(digits_run, tmp_path):
+    out, _ = digits_run
+    r = _compress(*TINY, "--out", str(tmp_path / "t"), "--teacher", str(out / "teacher.pt"))
+    assert r.exit_code == 0, r.output
+    a, _ = checkpoint.load_model(out / "teacher.pt")
+    b, _ = checkpoint.load_model(tmp_path / "t" / "teacher.pt")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    stages = [json.loads(x)["stage"] for x in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
+    assert "teacher" not in stages
+
+
+def test_imagefolder_of_another_size_and_class_count(tmp_path):
+    root = extract_cifar_subset(tmp_path / "folder", ["airplane", "frog", "truck"], 40, 10, size=(48, 40))
+    out = tmp_path / "run"
+    r = _compress(*TINY, "--dataset", f"imagefolder:{root}", "--out", str(out), "--no-bench")
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["dataset"]["classes"] == ["airplane", "frog", "truck"]
+    sess = ort.InferenceSession(str(out / "student.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"input": np.random.rand(2, 3, 16, 16).astype(np.float32)})[0].shape == (2, 3)
+
+
+def test_force_overwrites_only_runs(tmp_path):
+    stranger = tmp_path / "notarun"
+    stranger.mkdir()
+    (stranger / "thesis.tex").write_text("precious")
+    r = _compress(*TINY, "--out", str(stranger), "--force")
+    assert r.exit_code == 2 and "holds no edgekd run" in r.output
+    assert (stranger / "thesis.tex").read_text() == "precious"
+
+
+def _cli(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "edgekd", "compress", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_killed_run_resumes_to_identical_weights(tmp_path):
+    """SIGKILL mid-epoch, rerun with --resume: the same final weights as an uninterrupted run."""
+    args = [*TINY, "--no-bench", "--epochs", "3"]
+    ref = _cli(*args, "--out", str(tmp_path / "ref"))
+    assert ref.wait(timeout=600) == 0, ref.stdout.read()
+
+    out = tmp_path / "cut"
+    proc = _cli(*args, "--out", str(out))
+    state = out / "ckpt" / "student.state.pt"
+    deadline = time.time() + 600
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)  # the student's first epoch is checkpointed: we are inside epoch 2
+    time.sleep(0.3)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "student.pt").exists()
+
+    refused = _cli(*args, "--out", str(out))
+    assert refused.wait(timeout=120) == 2 and "--resume" in refused.stdout.read()
+    resumed = _cli(*args, "--out", str(out), "--resume")
+    assert resumed.wait(timeout=600) == 0, resumed.stdout.read()
+
+    a, _ = checkpoint.load_model(tmp_path / "ref" / "student.pt")
+    b, _ = checkpoint.load_model(out / "student.pt")
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), name

@@ -1,0 +1,95 @@
+"""The training engine: exact resume after an interruption, metrics log, schedules."""
+
+import json
+
+import pytest
+import torch
+
+from edgekd.config import TrainConfig
+from edgekd.data import load_dataset
+from edgekd.data.augment import AugmentSettings
+from edgekd.errors import RunDirError
+from edgekd.models import create_model
+from edgekd.train import engine
+from edgekd.train.schedule import lr_at
+
+
+@pytest.fixture(scope="module")
+def data():
+    ds = load_dataset("digits", 16)
+    ds.train = ds.train.subset(range(0, len(ds.train), 4))  # ~314 images
+    return ds
+
+
+class _InterruptAt:
+    """A progress callback that interrupts training at (epoch, step), like a Ctrl-C."""
+
+    def __init__(self, epoch, step):
+        self.target, self.epoch = (epoch, step), 0
+
+    def on_epoch_start(self, stage, epoch, epochs, steps):
+        self.epoch = epoch
+
+    def on_step(self, stage, step, loss, acc, ips):
+        if (self.epoch, step) == self.target:
+            raise KeyboardInterrupt
+
+    def on_epoch_end(self, stage, record): ...
+
+
+def _run(data, tmp, callback=None, resume=False, key="k", cfg=None):
+    torch.manual_seed(0)
+    model = create_model("mbv2_cifar_w0.25", 10, data.mean, data.std)
+    cfg = cfg or TrainConfig(epochs=3, batch_size=32, lr=3e-3, schedule="onecycle")
+    result = engine.train(
+        model, data.train, data.val, data.test, cfg, stage="student", seed=1,
+        device=torch.device("cpu"), objective=engine.CrossEntropy(0.1),
+        transform=engine.StandardAugment(AugmentSettings(2, False)),
+        state_path=tmp / "state.pt", metrics_path=tmp / "metrics.jsonl", settings_key=key,
+        resume=resume, callback=callback,
+    )
+    return model, result
+
+
+def test_interrupted_training_resumes_bit_for_bit(data, tmp_path):
+    ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
+    ref_dir.mkdir(), cut_dir.mkdir()
+    ref_model, ref = _run(data, ref_dir)
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(data, cut_dir, callback=_InterruptAt(epoch=2, step=3))
+    logged = [json.loads(line) for line in (cut_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in logged] == [1]  # epoch 2 never finished
+
+    model, result = _run(data, cut_dir, resume=True)
+    for (name, a), b in zip(ref_model.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert result.last["test_acc"] == ref.last["test_acc"]
+    logged = [json.loads(line) for line in (cut_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in logged] == [1, 2, 3]
+    assert logged[-1]["train_loss"] == ref.last["train_loss"]
+
+
+def test_resume_with_other_settings_is_refused(data, tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        _run(data, tmp_path, callback=_InterruptAt(epoch=2, step=1))
+    with pytest.raises(RunDirError, match="different settings"):
+        _run(data, tmp_path, resume=True, key="other")
+
+
+def test_training_learns_and_reports_last_and_best(data, tmp_path):
+    cfg = TrainConfig(epochs=6, batch_size=16, lr=5e-3, schedule="onecycle")
+    _, result = _run(data, tmp_path, cfg=cfg)
+    assert result.last["test_acc"] > 30  # three times chance (10 %) after ~120 steps
+    assert result.best["selected_on"] == "val"
+    assert result.best["val_acc"] == max(r["val_acc"] for r in result.history)
+    assert result.last["images_per_s"] > 0
+
+
+def test_schedules():
+    assert lr_at("constant", 0.1, 50, 100) == 0.1
+    assert lr_at("cosine", 0.1, 0, 100) == pytest.approx(0.1)
+    assert lr_at("cosine", 0.1, 50, 100) == pytest.approx(0.05)
+    assert lr_at("cosine", 0.1, 100, 100) == pytest.approx(0.0)
+    peak = max(range(100), key=lambda s: lr_at("onecycle", 0.1, s, 100))
+    assert peak == 30 and lr_at("onecycle", 0.1, 0, 100) == pytest.approx(0.1 / 25)
