@@ -136,6 +136,10 @@ def compress(dataset, data_dir, teacher, teacher_arch, student, method, epochs, 
     from edgekd.pipeline.compress import compress as run_compress
 
     checkpoint = None if teacher in (None, "train") else teacher
+    if checkpoint and not teacher_arch and Path(checkpoint).is_file():
+        from edgekd.train.checkpoint import peek_arch
+
+        teacher_arch = peek_arch(checkpoint)  # a checkpoint says what it is
     overrides = {
         "data.data_dir": data_dir, "teacher.checkpoint": checkpoint, "teacher.arch": teacher_arch,
         "student.arch": student, "method": method, "student.train.epochs": epochs,

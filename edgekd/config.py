@@ -45,7 +45,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     amp: bool = True  # CUDA only: bf16/fp16 autocast; ignored on CPU
     channels_last: bool = True  # faster on CPU (oneDNN) as well as on CUDA
-    bn_recalibration: int = 1024  # training images for exact BN statistics each epoch (0: off)
+    bn_recalibration: int = 512  # training images for exact BN statistics each epoch (0: off)
 
 
 @dataclass
@@ -111,8 +111,9 @@ def default_config(dataset: str = "digits") -> RunConfig:
     cfg = RunConfig()
     cfg.data.dataset = dataset
     if dataset == "digits":
-        cfg.teacher.train.epochs = 6
-        cfg.student.train.epochs = 8
+        # Measured on a 2-core CPU: about 4 minutes end to end, student >= 95 % (README).
+        for t in (cfg.teacher.train, cfg.student.train):
+            t.epochs, t.schedule, t.lr = 8, "onecycle", 2e-3
     else:
         # CIFAR-scale: the papers' Adam lr 1e-3, batch 64; cosine instead of no schedule.
         cfg.teacher.train.epochs = 30

@@ -205,3 +205,44 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     b, _ = checkpoint.load_model(out / "student.pt")
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(x, y), name
+
+
+def test_export_alone_at_another_opset(digits_run, tmp_path):
+    import shutil
+
+    import onnx
+
+    out, _ = digits_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    r = CliRunner().invoke(cli, ["export", str(copy), "--opset", "17", "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output)
+    assert info["parity"]["student"]["top1_agreement"] == 100.0
+    proto = onnx.load(str(copy / "student.onnx"))
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [17]
+    sess = ort.InferenceSession(str(copy / "student.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"input": np.zeros((3, 3, 16, 16), np.float32)})[0].shape == (3, 10)
+
+
+def test_models_json_lists_paper_compression_factors():
+    r = CliRunner().invoke(cli, ["models", "--json"])
+    assert r.exit_code == 0
+    cfs = {m["name"]: m["compression_factor"] for m in json.loads(r.output)}
+    assert [cfs[f"mbv2_cifar_trunc{k}"] for k in (3, 5, 7, 9, 11, 13, 15, 17)] == [
+        2.19, 4.12, 7.29, 12.04, 28.97, 54.59, 139.43, 1121.71]
+
+
+def test_config_file_reproduces_a_run(digits_run, tmp_path):
+    out, _ = digits_run
+    r = _compress("--config", str(out / "config.yaml"), "--out", str(tmp_path / "again"), "--no-bench")
+    assert r.exit_code == 0, r.output
+    import yaml
+
+    a = yaml.safe_load((out / "config.yaml").read_text())["settings"]
+    b = yaml.safe_load((tmp_path / "again" / "config.yaml").read_text())["settings"]
+    a["bench"]["enabled"] = False
+    assert a == b
+    x, _ = checkpoint.load_model(out / "student.pt")
+    y, _ = checkpoint.load_model(tmp_path / "again" / "student.pt")
+    assert all(torch.equal(p, q) for p, q in zip(x.state_dict().values(), y.state_dict().values(), strict=True))

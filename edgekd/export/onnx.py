@@ -49,21 +49,33 @@ def export_onnx(
         "edgekd_version": __version__,
         **(metadata or {}),
     }
+    # torch's dynamo exporter emits opset >= 18 only (it silently keeps 18 when a down-
+    # conversion fails); older runtimes (TensorRT 8.5 on JetPack 5) need <= 17, which the
+    # TorchScript exporter still writes exactly.
+    dynamo = opset >= 18
+    contract["exporter"] = "torch.onnx dynamo" if dynamo else "torch.onnx torchscript"
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (example,),
-            str(tmp),
-            dynamo=True,
-            verbose=False,
-            opset_version=opset,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
-            external_data=False,
-        )
+        if dynamo:
+            torch.onnx.export(
+                model, (example,), str(tmp), dynamo=True, verbose=False, opset_version=opset,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+                external_data=False,
+            )
+        else:
+            torch.onnx.export(
+                model, (example,), str(tmp), dynamo=False, opset_version=opset,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )
         proto = onnx.load(str(tmp))
+        actual = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+        if actual != opset:
+            raise EdgeKDError(
+                f"torch {torch.__version__} wrote opset {actual}, not the requested {opset}: "
+                "choose an opset between 13 and 17, or 18 and later"
+            )
         for key, value in contract.items():
             entry = proto.metadata_props.add()
             entry.key = key

