@@ -7,13 +7,13 @@ Later stages (attribution maps, InDistill warm-up, INT8) slot in between these.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import torch
 
 from edgekd import __version__
@@ -22,6 +22,7 @@ from edgekd.data import Dataset, load_dataset
 from edgekd.data.augment import AugmentSettings
 from edgekd.data.dataset import stratified_split
 from edgekd.distill.losses import DistillObjective, KDLoss
+from edgekd.errors import ModelError
 from edgekd.export.onnx import export_onnx, parity_check
 from edgekd.io import sha256_file, write_json
 from edgekd.models.profile import count_macs, count_params
@@ -115,9 +116,10 @@ def _augment(ctx: Context) -> AugmentSettings:
     return AugmentSettings(crop_padding=pad, hflip=ctx.data.hflip if d.hflip is None else d.hflip)
 
 
-def _new_model(ctx: Context, arch: str) -> Classifier:
+def _new_model(ctx: Context, role: str) -> Classifier:
     # Seeded per role so the student's init does not depend on whether the teacher was trained.
-    torch.manual_seed(ctx.cfg.seed * 2 + (arch == ctx.cfg.student.arch))
+    torch.manual_seed(ctx.cfg.seed * 2 + (role == "student"))
+    arch = getattr(ctx.cfg, role).arch
     return create_model(arch, ctx.data.num_classes, ctx.data.mean, ctx.data.std)
 
 
@@ -150,21 +152,18 @@ def stage_teacher(ctx: Context) -> None:
         ctx.reporter.stage("teacher", "start", f"loading {tcfg.checkpoint}")
         model, meta = checkpoint.load_model(tcfg.checkpoint, tcfg.arch, data.num_classes, "teacher checkpoint")
         if meta.get("classes") and meta["classes"] != data.classes:
-            from edgekd.errors import ModelError
-
             raise ModelError(
                 f"teacher checkpoint {tcfg.checkpoint} was trained on classes {meta['classes'][:5]}..., "
                 f"not this data set's {data.classes[:5]}...: use a teacher of this data set"
             )
+        model.to(ctx.device)
         acc, _ = engine.evaluate(model, data.test, ctx.device)
-        model.cpu()
-        val_acc, _ = engine.evaluate(model.to(ctx.device), data.val, ctx.device)
-        model.cpu()
+        val_acc, _ = engine.evaluate(model, data.val, ctx.device)
         summary = {"source": str(tcfg.checkpoint), "last_epoch": {"test_acc": acc, "val_acc": val_acc},
                    "best_epoch": {"test_acc": acc, "val_acc": val_acc, "selected_on": "given"}}
     else:
         ctx.reporter.stage("teacher", "start", f"training {tcfg.arch}")
-        model = _new_model(ctx, tcfg.arch)
+        model = _new_model(ctx, "teacher")
         result = _train(ctx, "teacher", model, tcfg.train,
                         engine.CrossEntropy(tcfg.train.label_smoothing), key)
         summary = {"source": "trained", **result.summary()}
@@ -191,7 +190,7 @@ def stage_student(ctx: Context) -> None:
         return
     ctx.reporter.stage("student", "start", f"distilling {scfg.arch} with {cfg.method}")
     methods = set(cfg.method.split("+"))
-    model = _new_model(ctx, scfg.arch)
+    model = _new_model(ctx, "student")
     ls = scfg.train.label_smoothing
     if "kd" in methods:
         teacher = _load_run_model(ctx, "teacher").to(ctx.device)
@@ -292,10 +291,8 @@ def _latency_summary(ctx: Context) -> dict:
     f = ctx.run / BENCH
     if not f.exists():
         return {}
-    import json
-
     doc = json.loads(f.read_text())
-    out = {}
+    out: dict = {}
     for role, entry in doc["models"].items():
         out[role] = {
             f"batch_{r['batch_size']}": {
@@ -335,6 +332,3 @@ def build_report(ctx: Context, wall_time_s: float) -> dict:
         "status": ctx.info.get("open"),
     }
 
-
-def sample_inputs(data: Dataset, n: int) -> np.ndarray:
-    return data.test.images[:n].float().div(255.0).numpy()

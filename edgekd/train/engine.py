@@ -9,6 +9,7 @@ interrupted epoch is simply run again from the same state with the same random n
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -317,8 +318,6 @@ def _truncate_metrics(path: Path, stage: str, last_epoch: int) -> None:
     records = read_jsonl(path)
     kept = [r for r in records if r.get("stage") != stage or r.get("epoch", 0) <= last_epoch]
     if path.exists() and (len(kept) != len(records) or path.read_text().count("\n") != len(records)):
-        import json
-
         write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
