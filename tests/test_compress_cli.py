@@ -50,8 +50,14 @@ def test_report_has_design_keys_and_real_numbers(digits_run):
     assert "params" in result.output and "latency p50" in result.output
     # latency measured on both models at the requested batch sizes
     bench = json.loads((out / "bench.json").read_text())
-    assert [r["batch_size"] for r in bench["models"]["student"]["results"]] == [1, 8]
-    assert bench["models"]["teacher"]["results"][0]["latency_ms"]["p50"] > 0
+    for role in ("teacher", "student"):
+        doc = bench["models"][role]  # one edgekd.bench document (deploy/SCHEMA.md) per model
+        assert doc["schema"] == "edgekd.bench" and doc["inputs"]["source"] == "file"
+        assert [r["batch_size"] for r in doc["results"]] == [1, 8]
+        assert doc["results"][0]["latency_ms"]["p50"] > 0
+    samples = np.load(out / "samples.npy")  # real test images, not noise
+    assert samples.shape[1:] == (3, 16, 16) and 0.0 <= samples.min() and samples.max() <= 1.0
+    assert len(np.unique(samples.reshape(len(samples), -1), axis=0)) == len(samples)
     # metrics.jsonl has one line per epoch per stage
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["epoch"]) for r in lines] == [("teacher", 1), ("student", 1), ("student", 2)]

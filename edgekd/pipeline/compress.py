@@ -24,10 +24,10 @@ from edgekd.data.dataset import stratified_split
 from edgekd.distill.losses import DistillObjective, KDLoss
 from edgekd.errors import ModelError
 from edgekd.export.onnx import export_onnx, parity_check
-from edgekd.io import sha256_file, write_json
+from edgekd.io import atomic_path, sha256_file, write_json
 from edgekd.models.profile import count_macs, count_params
 from edgekd.models.registry import Classifier, create_model, default_input_size
-from edgekd.pipeline.rundir import BENCH, METRICS, REPORT, RunDir, stage_key
+from edgekd.pipeline.rundir import BENCH, METRICS, REPORT, SAMPLES, RunDir, stage_key
 from edgekd.train import checkpoint, engine
 
 
@@ -236,39 +236,38 @@ def stage_export(ctx: Context) -> None:
 
 
 def stage_bench(ctx: Context) -> None:
-    from deploy.envinfo import capture
-    from deploy.harness import MeasureSettings, measure
-    from deploy.runners import OrtRunner
+    """Latency of both ONNX models on this machine with deploy/'s harness, on real test images.
+
+    bench.json holds one `edgekd.bench` document (deploy/SCHEMA.md) per model.
+    """
+    import numpy as np
+
+    from deploy.bench import run_bench
+    from deploy.harness import MeasureSettings
 
     b = ctx.cfg.bench
     key = stage_key("bench", ctx.run.output_hash("student.onnx"), ctx.run.output_hash("teacher.onnx"),
-                    b.__dict__)
+                    b.__dict__, ctx.data.fingerprint())
     if ctx.run.stage_valid("bench", key):
         ctx.reporter.stage("bench", "skip", "bench.json is valid")
         return
     threads = b.threads or os.cpu_count() or 1
     settings = MeasureSettings(warmup_s=b.warmup_s, warmup_iters=3, min_iters=b.min_iters,
                                min_s=b.min_s)
-    # Real test images, cycled to fill the largest batch.
-    inputs = ctx.data.test.images[: max(b.batch_sizes) * 2].float().div(255.0).numpy()
-    results = {}
+    # Real test images, enough to fill the largest batch twice; kept for on-device runs too.
+    samples = ctx.data.test.images[: max(b.batch_sizes) * 2].float().div(255.0).numpy()
+    with atomic_path(ctx.run / SAMPLES) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, samples)
+    docs = {}
     for name in ("teacher", "student"):
-        runner = OrtRunner(str(ctx.run / f"{name}.onnx"), intra_op_threads=threads)
-        try:
-            results[name] = {"runner": runner.describe(), "results": []}
-            for bs in b.batch_sizes:
-                ctx.reporter.stage("bench", "start", f"{name}, batch {bs}, ONNX Runtime CPU")
-                results[name]["results"].append(measure(runner, inputs, bs, settings))
-        finally:
-            runner.close()
-    doc = {
-        "schema": "edgekd.bench", "schema_version": 1, "where": "local",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "environment": capture(),
-        "settings": settings.__dict__, "backend": "onnxruntime-cpu", "threads": threads,
-        "models": results,
-    }
+        ctx.reporter.stage("bench", "start", f"{name}: batch {', '.join(map(str, b.batch_sizes))}, "
+                           f"ONNX Runtime CPU, {threads} threads")
+        docs[name] = run_bench(str(ctx.run / f"{name}.onnx"), "onnxruntime", str(ctx.run / SAMPLES),
+                               b.batch_sizes, settings, {"intra_op_threads": threads})
+    doc = {"schema": "edgekd.run-bench", "schema_version": 1, "where": "local", "models": docs}
     write_json(ctx.run / BENCH, doc)
-    ctx.run.mark_done("bench", key, [BENCH], {})
+    ctx.run.mark_done("bench", key, [BENCH, SAMPLES], {})
     ctx.reporter.stage("bench", "done", f"{len(b.batch_sizes)} batch sizes, {threads} threads")
 
 
@@ -301,8 +300,10 @@ def _latency_summary(ctx: Context) -> dict:
             }
             for r in entry["results"]
         }
-    out["backend"] = f"{doc['backend']}, {doc['threads']} threads"
-    out["cpu"] = (doc["environment"].get("cpu") or {}).get("model")
+    student = doc["models"]["student"]
+    out["backend"] = (f"onnxruntime {student['runner'].get('version', '')} CPU, "
+                      f"{student['runner'].get('intra_op_threads')} threads")
+    out["cpu"] = (student["environment"].get("cpu") or {}).get("model")
     return out
 
 
@@ -310,7 +311,7 @@ def build_report(ctx: Context, wall_time_s: float) -> dict:
     teacher, student = _model_entry(ctx, "teacher"), _model_entry(ctx, "student")
     artifacts = {
         name: name for name in ("config.yaml", "teacher.pt", "student.pt", "student.onnx",
-                                "teacher.onnx", METRICS, BENCH, "data.json")
+                                "teacher.onnx", METRICS, BENCH, SAMPLES, "data.json")
         if (ctx.run / name).exists()
     }
     return {

@@ -19,8 +19,8 @@ from edgekd.config import RunConfig
 from edgekd.errors import RunDirError
 from edgekd.io import sha256_file, sha256_json, write_json, write_text
 
-CONFIG, STATE, METRICS, REPORT, BENCH = (
-    "config.yaml", "state.json", "metrics.jsonl", "report.json", "bench.json",
+CONFIG, STATE, METRICS, REPORT, BENCH, SAMPLES = (
+    "config.yaml", "state.json", "metrics.jsonl", "report.json", "bench.json", "samples.npy",
 )
 
 
