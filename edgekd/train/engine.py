@@ -30,7 +30,12 @@ from edgekd.train.schedule import lr_at
 
 
 class Objective(Protocol):
-    """Computes the training loss; runs the model itself so it may tap features or a teacher."""
+    """Computes the training loss; runs the model itself so it may tap features or a teacher.
+
+    Optional extras the engine honours: `trainable` (an nn.Module whose parameters train with
+    the model and whose state is checkpointed, e.g. a FitNet regressor) and `set_epoch(epoch)`
+    (called at the start of every epoch, e.g. for a curriculum).
+    """
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor
@@ -156,8 +161,8 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919) % (2**63)
 
 
-def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def _make_optimizer(modules: list[nn.Module], cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
@@ -195,7 +200,10 @@ def train(
     channels_last = cfg.channels_last
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = _make_optimizer(model, cfg)
+    extra = getattr(objective, "trainable", None)
+    if extra is not None:
+        extra.to(device)
+    optimizer = _make_optimizer([model] + ([extra] if extra is not None else []), cfg)
     use_scaler = device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
@@ -213,6 +221,8 @@ def train(
                 f"{state_path} was written with different settings: rerun with --force to start over"
             )
         model.load_state_dict(state["model"])
+        if extra is not None:
+            extra.load_state_dict(state["objective"])
         optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
@@ -237,6 +247,8 @@ def train(
             model.train()
             if callback:
                 callback.on_epoch_start(stage, epoch, cfg.epochs, steps)
+            if hasattr(objective, "set_epoch"):
+                objective.set_epoch(epoch)
             t0 = time.perf_counter()
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
@@ -283,6 +295,7 @@ def train(
                     "epoch": epoch,
                     "settings_key": settings_key,
                     "model": model.state_dict(),
+                    "objective": extra.state_dict() if extra is not None else None,
                     "optimizer": optimizer.state_dict(),
                     "scaler": scaler.state_dict() if use_scaler else None,
                     "history": history,

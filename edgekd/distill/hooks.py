@@ -1,0 +1,66 @@
+"""Feature taps by module path (as torchdistill does): any model can be teacher or student.
+
+    with FeatureTap(model, ["body.features.6"]) as tap:
+        logits = model(x)
+    fm = tap["body.features.6"]
+
+A path may end in `:in` to take the module's input instead of its output (the penultimate
+features are the input of the classifier).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from edgekd.errors import EdgeKDError
+
+
+class LayerPathError(EdgeKDError):
+    """A module path that does not exist in the model."""
+
+
+def get_module(model: nn.Module, path: str) -> nn.Module:
+    """The submodule at `path`; an unknown path raises with the nearest existing names."""
+    names = dict(model.named_modules())
+    if path in names:
+        return names[path]
+    near = difflib.get_close_matches(path, list(names), n=4, cutoff=0.5)
+    hint = f"nearest: {', '.join(near)}" if near else "see model.named_modules()"
+    raise LayerPathError(f"layer {path!r} does not exist in {type(model).__name__} ({hint})")
+
+
+class FeatureTap:
+    """Forward hooks that record the outputs (or `:in` inputs) of modules by path."""
+
+    def __init__(self, model: nn.Module, paths: Iterable[str]):
+        self.model = model
+        self.paths = list(dict.fromkeys(paths))
+        self.features: dict[str, torch.Tensor] = {}
+        self._handles: list = []
+        for p in self.paths:
+            get_module(model, p.removesuffix(":in"))  # validate now, not at first forward
+
+    def __enter__(self) -> FeatureTap:
+        for p in self.paths:
+            name, want_input = p.removesuffix(":in"), p.endswith(":in")
+            module = get_module(self.model, name)
+            self._handles.append(module.register_forward_hook(self._hook(p, want_input)))
+        return self
+
+    def _hook(self, key: str, want_input: bool):
+        def hook(_module, inputs, output):
+            self.features[key] = inputs[0] if want_input else output
+
+        return hook
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def __getitem__(self, path: str) -> torch.Tensor:
+        return self.features[path]

@@ -1,0 +1,166 @@
+"""InDistill warm-up (Sarridis et al., WACV 2025): layer-wise curriculum feature distillation
+through a channel-pruned teacher.
+
+Decisions where the authors' public code was sloppy (PAPERS.md section 2):
+- The pruned teacher layer is the unpruned layer restricted to the output filters that
+  L1-norm structured pruning (torch.nn.utils.prune.ln_structured, n=1, dim=0) keeps, fed by
+  the unpruned teacher's previous activation. Its BatchNorm keeps the teacher's statistics
+  and affine parameters (the public code reset BN beta and left conv biases random), and the
+  teacher stays in eval mode (the public code left BN in train mode).
+- One optimizer for the whole warm-up (the public code re-created Adam every epoch).
+- The pruned teacher is not fine-tuned (as in the paper).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import prune
+
+from edgekd.distill.hooks import FeatureTap, get_module
+from edgekd.errors import EdgeKDError
+
+# Stage ends of the CIFAR MobileNetV2 `features` (16, 24, 32, 64, 96, 160, 320 channels).
+_MBV2_STAGE_ENDS = (3, 6, 10, 13, 16, 17)
+
+
+class MappingError(EdgeKDError):
+    """Teacher and student layers cannot be paired."""
+
+
+@dataclass(frozen=True)
+class LayerPair:
+    student: str
+    teacher: str
+    student_channels: int
+    teacher_channels: int
+    size: tuple[int, int]
+
+
+def last_conv(module: nn.Module) -> nn.Conv2d:
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise MappingError(f"teacher layer {type(module).__name__} has no Conv2d to prune")
+    return convs[-1]
+
+
+def kept_channels(conv: nn.Conv2d, keep: int) -> torch.Tensor:
+    """Indices of the `keep` output filters that L1-norm structured pruning leaves, sorted."""
+    if keep > conv.out_channels:
+        raise MappingError(f"cannot prune {conv.out_channels} filters to {keep}: the student is wider")
+    probe = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, groups=conv.groups,
+                      bias=False)
+    with torch.no_grad():
+        probe.weight.copy_(conv.weight.detach().cpu())
+    amount = conv.out_channels - keep
+    prune.ln_structured(probe, name="weight", amount=amount, n=1, dim=0)
+    mask = probe.weight_mask.flatten(1).amax(1) > 0
+    return torch.nonzero(mask).flatten()
+
+
+def _shapes(model: nn.Module, paths: list[str], input_size: int) -> dict[str, torch.Size]:
+    device = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    with torch.no_grad(), FeatureTap(model, paths) as tap:
+        model(torch.zeros(1, 3, input_size, input_size, device=device))
+    model.train(was)
+    return {p: tap[p].shape for p in paths}
+
+
+def auto_mapping(student: nn.Module, max_layers: int = 3) -> list[tuple[str, str]]:
+    """Stage ends shared by two CIFAR MobileNetV2-family models, shallow to deep."""
+    features = getattr(getattr(student, "body", None), "features", None)
+    if features is None:
+        raise MappingError(
+            "no automatic InDistill layer mapping for this student: give "
+            "distill.indistill_layers as STUDENT_PATH:TEACHER_PATH pairs"
+        )
+    ends = [i for i in _MBV2_STAGE_ENDS if i < len(features)]
+    if not ends:
+        raise MappingError("no teacher/student layers can be mapped for InDistill: "
+                           "the student is too shallow")
+    if len(ends) > max_layers:  # evenly spread, always ending at the deepest shared stage
+        step = (len(ends) - 1) / (max_layers - 1) if max_layers > 1 else 0
+        ends = sorted({ends[round(len(ends) - 1 - k * step)] for k in range(max_layers)})
+    return [(f"body.features.{i}", f"body.features.{i}") for i in ends]
+
+
+def build_mapping(student: nn.Module, teacher: nn.Module, pairs: list[tuple[str, str]],
+                  input_size: int) -> list[LayerPair]:
+    """Check the pairs exist and have equal spatial sizes; record their widths."""
+    if not pairs:
+        raise MappingError("indistill needs at least one mapped layer pair")
+    s_shapes = _shapes(student, [s for s, _ in pairs], input_size)
+    t_shapes = _shapes(teacher, [t for _, t in pairs], input_size)
+    out = []
+    for s, t in pairs:
+        ss, ts = s_shapes[s], t_shapes[t]
+        if len(ss) != 4 or len(ts) != 4:
+            raise MappingError(f"InDistill maps feature maps (N, C, H, W); {s} or {t} is not one")
+        if ss[-2:] != ts[-2:]:
+            raise MappingError(
+                f"spatial sizes of {s} {tuple(ss[-2:])} and {t} {tuple(ts[-2:])} differ: map "
+                "layers of equal resolution"
+            )
+        get_module(teacher, t)
+        out.append(LayerPair(s, t, ss[1], ts[1], tuple(ss[-2:])))
+    return out
+
+
+def curriculum(n_layers: int, a: int = 2, b: int = 1) -> list[tuple[int, int]]:
+    """(first_epoch, last_epoch) of each layer, 1-based: layer l trains for a + b*l epochs."""
+    spans, start = [], 1
+    for layer in range(n_layers):
+        length = a + b * layer
+        if length < 1:
+            raise MappingError(f"InDistill layer {layer} gets {length} epochs: choose a, b so a + b*l >= 1")
+        spans.append((start, start + length - 1))
+        start += length
+    return spans
+
+
+class InDistillObjective:
+    """Stage 1: MSE between the active student layer's map and the pruned teacher layer's map.
+
+    `set_epoch` (called by the engine) moves the curriculum; earlier layers are not frozen.
+    """
+
+    def __init__(self, teacher: nn.Module, mapping: list[LayerPair], a: int = 2, b: int = 1):
+        self.teacher = teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.mapping = mapping
+        self.spans = curriculum(len(mapping), a, b)
+        self.epochs = self.spans[-1][1]
+        self.kept = []
+        for pair in mapping:
+            conv = last_conv(get_module(teacher, pair.teacher))
+            if conv.out_channels != pair.teacher_channels:
+                raise MappingError(f"the last conv of {pair.teacher} does not produce its output")
+            idx = kept_channels(conv, pair.student_channels)
+            self.kept.append(idx.to(next(teacher.parameters()).device))
+        self.active = 0
+
+    def layer_for_epoch(self, epoch: int) -> int:
+        for layer, (first, last) in enumerate(self.spans):
+            if first <= epoch <= last:
+                return layer
+        return len(self.spans) - 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.active = self.layer_for_epoch(epoch)
+
+    def __call__(self, model, x, y, idx):
+        pair = self.mapping[self.active]
+        with FeatureTap(model, [pair.student]) as s_tap:
+            logits = model(x)
+        self.teacher.eval()
+        with torch.no_grad(), FeatureTap(self.teacher, [pair.teacher]) as t_tap:
+            self.teacher(x)
+        target = t_tap[pair.teacher].index_select(1, self.kept[self.active])
+        loss = F.mse_loss(s_tap[pair.student].float(), target.float())
+        return loss, logits

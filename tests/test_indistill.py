@@ -1,0 +1,91 @@
+"""InDistill: L1 structured pruning keeps the right filters; the curriculum runs in order."""
+
+import pytest
+import torch
+
+from edgekd.config import TrainConfig
+from edgekd.data import load_dataset
+from edgekd.data.augment import AugmentSettings
+from edgekd.distill.indistill import (
+    InDistillObjective,
+    MappingError,
+    auto_mapping,
+    build_mapping,
+    curriculum,
+    kept_channels,
+    last_conv,
+)
+from edgekd.models import create_model
+from edgekd.train import engine
+
+
+def test_pruning_keeps_exactly_the_top_l1_filters():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 6, 3)
+    norms = conv.weight.detach().abs().sum(dim=(1, 2, 3))
+    expected = torch.sort(torch.topk(norms, 3).indices).values
+    assert torch.equal(kept_channels(conv, 3), expected)
+    assert torch.equal(kept_channels(conv, 6), torch.arange(6))
+    with pytest.raises(MappingError, match="wider"):
+        kept_channels(conv, 7)
+
+
+def test_curriculum_spans():
+    assert curriculum(3, a=2, b=1) == [(1, 2), (3, 5), (6, 9)]  # 2, 3, 4 epochs
+    assert curriculum(2, a=1, b=0) == [(1, 1), (2, 2)]
+    with pytest.raises(MappingError):
+        curriculum(2, a=0, b=0)
+
+
+def test_auto_mapping_and_spatial_check():
+    teacher = create_model("mbv2_cifar", 10)
+    student = create_model("mbv2_cifar_w0.5", 10)
+    pairs = build_mapping(student, teacher, auto_mapping(student), 32)
+    assert [p.student for p in pairs] == ["body.features.3", "body.features.10", "body.features.17"]
+    assert [(p.student_channels, p.teacher_channels) for p in pairs] == [(16, 24), (32, 64), (160, 320)]
+    with pytest.raises(MappingError, match="spatial sizes"):
+        build_mapping(student, teacher, [("body.features.3", "body.features.5")], 32)
+    with pytest.raises(MappingError, match="indistill_layers"):
+        auto_mapping(create_model("resnet18", 10))
+
+
+def test_pruned_teacher_target_is_the_kept_channels_of_the_unpruned_layer():
+    teacher = create_model("mbv2_cifar", 10).eval()
+    student = create_model("mbv2_cifar_w0.5", 10)
+    pairs = build_mapping(student, teacher, auto_mapping(student), 32)
+    obj = InDistillObjective(teacher, pairs)
+    conv = last_conv(teacher.body.features[10])
+    assert torch.equal(obj.kept[1], kept_channels(conv, 32))
+    assert obj.kept[1].numel() == 32
+
+
+class _Recorder:
+    def __init__(self, obj):
+        self.obj, self.active = obj, []
+
+    def on_epoch_start(self, stage, epoch, epochs, steps): ...
+    def on_step(self, stage, step, loss, acc, ips):
+        if step == 1:
+            self.active.append(self.obj.active)
+    def on_epoch_end(self, stage, record): ...
+
+
+def test_curriculum_activates_each_layer_for_its_epochs_and_learns(tmp_path):
+    data = load_dataset("digits", 16)
+    data.train = data.train.subset(range(0, len(data.train), 8))
+    teacher = create_model("mbv2_cifar_w0.5", 10, data.mean, data.std).eval()
+    student = create_model("mbv2_cifar_w0.25", 10, data.mean, data.std)
+    pairs = build_mapping(student, teacher, auto_mapping(student, max_layers=2), 16)
+    obj = InDistillObjective(teacher, pairs, a=1, b=1)  # 1 then 2 epochs
+    rec = _Recorder(obj)
+    result = engine.train(
+        student, data.train, data.val, data.test,
+        TrainConfig(epochs=obj.epochs, batch_size=32, lr=3e-3, bn_recalibration=0),
+        stage="warmup", seed=0, device=torch.device("cpu"), objective=obj,
+        transform=engine.StandardAugment(AugmentSettings(2, False)),
+        state_path=tmp_path / "s.pt", metrics_path=tmp_path / "m.jsonl", settings_key="k",
+        callback=rec,
+    )
+    assert rec.active == [0, 1, 1]
+    losses = [r["train_loss"] for r in result.history]
+    assert losses[2] < losses[1]  # the second layer's MSE falls while it is active
