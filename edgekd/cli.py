@@ -111,7 +111,7 @@ def _default_out(cfg) -> Path:
 @click.option("--teacher", default=None, help="Teacher checkpoint (.pt), or 'train' (default).")
 @click.option("--teacher-arch", default=None, help="Teacher model name (default mbv2_cifar).")
 @click.option("--student", default=None, help="Student model name (see `edgekd models`).")
-@click.option("--method", default=None, help="student | kd (default kd).")
+@click.option("--method", default=None, help="Terms joined by +: student | kd, at, pkt, fitnet, indistill (default kd).")
 @click.option("--epochs", type=int, default=None, help="Student epochs.")
 @click.option("--teacher-epochs", type=int, default=None, help="Teacher epochs when training one.")
 @click.option("--batch-size", type=int, default=None)

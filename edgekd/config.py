@@ -68,6 +68,22 @@ class KDConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Weights and layers of the feature terms, and the InDistill warm-up (README: Decisions)."""
+
+    at_weight: float = 0.8  # gamma, the IG paper's best
+    at_layer: str | None = None  # STUDENT_PATH[:TEACHER_PATH]; None: PAPERS.md's rule
+    pkt_weight: float = 1.0
+    fitnet_weight: float = 1.0
+    fitnet_layer: str | None = None
+    indistill_a: int = 2  # layer l warms up for a + b*l epochs (the InDistill code's 2, 1)
+    indistill_b: int = 1
+    indistill_layers: list[str] = field(default_factory=list)  # STUDENT_PATH[:TEACHER_PATH]
+    indistill_max_layers: int = 3
+    indistill_lr: float = 1e-3
+
+
+@dataclass
 class ExportConfig:
     opset: int = 18
     parity_atol: float = 1e-3  # max |logit difference| ONNX vs PyTorch, scaled by logit range
@@ -93,6 +109,7 @@ class RunConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     kd: KDConfig = field(default_factory=KDConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
@@ -103,7 +120,7 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-METHODS = ("student", "kd")
+METHODS = ("student", "kd", "at", "pkt", "fitnet", "indistill")
 
 
 def default_config(dataset: str = "digits") -> RunConfig:
@@ -215,7 +232,17 @@ def validate(cfg: RunConfig) -> None:
     methods = cfg.method.split("+")
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
-        raise EdgeKDError(f"unknown method {cfg.method!r}: use one of {', '.join(METHODS)}")
+        raise EdgeKDError(
+            f"unknown method {cfg.method!r}: combine terms from {', '.join(METHODS)} with '+'"
+        )
+    dup = sorted({m for m in methods if methods.count(m) > 1})
+    if dup:
+        raise EdgeKDError(f"method {cfg.method!r} repeats {', '.join(dup)}: name each term once")
+    if "student" in methods and len(methods) > 1:
+        raise EdgeKDError(f"method {cfg.method!r}: 'student' (no teacher) cannot combine with other terms")
+    d = cfg.distill
+    if d.indistill_max_layers < 1 or d.indistill_lr <= 0:
+        raise EdgeKDError("distill.indistill_max_layers must be >= 1 and distill.indistill_lr > 0")
     for role in ("teacher", "student"):
         t = getattr(cfg, role).train
         if t.optimizer not in OPTIMIZERS:

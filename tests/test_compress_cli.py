@@ -119,6 +119,8 @@ def test_corrupt_artifact_is_detected_and_rebuilt(digits_run, tmp_path):
         (["--student", "nope"], "unknown student model 'nope'"),
         (["--method", "kd+magic"], "unknown method"),
         (["--set", "student.train.optimiser=sgd"], "unknown config key student.train.optimiser"),
+        (["--method", "kd+at+kd"], "repeats kd"),
+        (["--method", "student+kd"], "cannot combine"),
         (["--dataset", "cifar10", "--data-dir", "/nonexistent"], "--data-dir"),
     ],
 )
@@ -252,3 +254,20 @@ def test_config_file_reproduces_a_run(digits_run, tmp_path):
     x, _ = checkpoint.load_model(out / "student.pt")
     y, _ = checkpoint.load_model(tmp_path / "again" / "student.pt")
     assert all(torch.equal(p, q) for p, q in zip(x.state_dict().values(), y.state_dict().values(), strict=True))
+
+
+def test_indistill_warmup_then_feature_terms(tmp_path):
+    out = tmp_path / "run"
+    r = _compress(*TINY, "--teacher-arch", "mbv2_cifar_w0.5", "--student", "mbv2_cifar_w0.25",
+                  "--method", "indistill+kd+at+pkt+fitnet", "--no-bench", "--epochs", "1",
+                  "--set", "distill.indistill_a=1", "--set", "distill.indistill_b=0",
+                  "--set", "distill.indistill_max_layers=2", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    stages = [json.loads(x)["stage"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert stages == ["teacher", "warmup", "warmup", "student"]
+    warm, _ = checkpoint.load_model(out / "student.warmup.pt")
+    final, _ = checkpoint.load_model(out / "student.pt")
+    assert not torch.equal(warm.body.features[0][0].weight, final.body.features[0][0].weight)
+    info = json.loads((out / "state.json").read_text())["warmup"]["info"]
+    assert [c["epochs"] for c in info["curriculum"]] == [[1, 1], [2, 2]]
+    assert "student.warmup.pt" in json.loads((out / "report.json").read_text())["artifacts"]

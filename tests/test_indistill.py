@@ -26,7 +26,7 @@ def test_pruning_keeps_exactly_the_top_l1_filters():
     expected = torch.sort(torch.topk(norms, 3).indices).values
     assert torch.equal(kept_channels(conv, 3), expected)
     assert torch.equal(kept_channels(conv, 6), torch.arange(6))
-    with pytest.raises(MappingError, match="wider"):
+    with pytest.raises(MappingError, match="the student is wider"):
         kept_channels(conv, 7)
 
 

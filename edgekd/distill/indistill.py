@@ -50,7 +50,10 @@ def last_conv(module: nn.Module) -> nn.Conv2d:
 def kept_channels(conv: nn.Conv2d, keep: int) -> torch.Tensor:
     """Indices of the `keep` output filters that L1-norm structured pruning leaves, sorted."""
     if keep > conv.out_channels:
-        raise MappingError(f"cannot prune {conv.out_channels} filters to {keep}: the student is wider")
+        raise MappingError(
+            f"cannot prune a teacher layer of {conv.out_channels} channels to the student's {keep}: "
+            "the student is wider there; map other layers (distill.indistill_layers) or use a wider teacher"
+        )
     probe = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, groups=conv.groups,
                       bias=False)
     with torch.no_grad():

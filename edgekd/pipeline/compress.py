@@ -7,6 +7,7 @@ Later stages (attribution maps, InDistill warm-up, INT8) slot in between these.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -21,7 +22,9 @@ from edgekd.config import RunConfig, validate
 from edgekd.data import Dataset, load_dataset
 from edgekd.data.augment import AugmentSettings
 from edgekd.data.dataset import stratified_split
-from edgekd.distill.losses import DistillObjective, KDLoss
+from edgekd.distill.indistill import InDistillObjective, auto_mapping, build_mapping
+from edgekd.distill.losses import DistillObjective
+from edgekd.distill.methods import LOSS_TERMS, build_terms, parse_pair
 from edgekd.errors import ModelError
 from edgekd.export.onnx import export_onnx, parity_check
 from edgekd.io import atomic_path, sha256_file, write_json
@@ -29,6 +32,8 @@ from edgekd.models.profile import count_macs, count_params
 from edgekd.models.registry import Classifier, create_model, default_input_size
 from edgekd.pipeline.rundir import BENCH, METRICS, REPORT, SAMPLES, RunDir, stage_key
 from edgekd.train import checkpoint, engine
+
+WARMUP = "student.warmup.pt"
 
 
 class Reporter(engine.Callback, Protocol):
@@ -73,6 +78,7 @@ def compress(
     ctx.info["open"] = status
     stage_data(ctx)
     stage_teacher(ctx)
+    stage_warmup(ctx)
     stage_student(ctx)
     stage_export(ctx)
     if cfg.bench.enabled:
@@ -179,27 +185,71 @@ def _load_run_model(ctx: Context, name: str) -> Classifier:
     return model
 
 
+def _frozen_teacher(ctx: Context) -> Classifier:
+    teacher = _load_run_model(ctx, "teacher").to(ctx.device).eval()
+    if ctx.cfg.student.train.channels_last:
+        teacher.to(memory_format=torch.channels_last)
+    return teacher
+
+
+def stage_warmup(ctx: Context) -> None:
+    """InDistill stage 1: layer-wise curriculum feature distillation (edgekd.distill.indistill)."""
+    cfg = ctx.cfg
+    if "indistill" not in cfg.method.split("+"):
+        return
+    d, scfg = cfg.distill, cfg.student
+    indistill = {k: v for k, v in d.__dict__.items() if k.startswith("indistill")}
+    key = stage_key("warmup", scfg.arch, scfg.train.__dict__, indistill,
+                    ctx.run.output_hash("teacher.pt"), ctx.data.fingerprint(), cfg.seed,
+                    ctx.device.type, _augment(ctx).__dict__)
+    if ctx.run.stage_valid("warmup", key):
+        ctx.reporter.stage("warmup", "skip", f"{WARMUP} is valid")
+        return
+    model = _new_model(ctx, "student")
+    teacher = _frozen_teacher(ctx)
+    pairs = ([parse_pair(p, "distill.indistill_layers") for p in d.indistill_layers]
+             or auto_mapping(model, d.indistill_max_layers))
+    mapping = build_mapping(model.to(ctx.device), teacher, pairs, ctx.data.input_size)
+    objective = InDistillObjective(teacher, mapping, d.indistill_a, d.indistill_b)
+    ctx.reporter.stage("warmup", "start", "InDistill over " + ", ".join(
+        f"{p.student} ({p.teacher_channels}->{p.student_channels} ch)" for p in mapping)
+        + f", {objective.epochs} epochs")
+    # Constant lr as the InDistill code; one optimizer for the whole curriculum.
+    wcfg = dataclasses.replace(scfg.train, epochs=objective.epochs, lr=d.indistill_lr,
+                               schedule="constant")
+    result = _train(ctx, "warmup", model, wcfg, objective, key)
+    summary = {
+        "mapping": [dataclasses.asdict(p) for p in mapping],
+        "curriculum": [{"layer": p.student, "epochs": [a, b]} for p, (a, b) in zip(mapping, objective.spans, strict=True)],
+        "final_mse": result.last["train_loss"],
+    }
+    checkpoint.save_model(model.cpu(), ctx.run / WARMUP, scfg.arch, ctx.data.classes,
+                          input_size=ctx.data.input_size, dataset=ctx.data.name, warmup=summary)
+    ctx.run.mark_done("warmup", key, [WARMUP], summary)
+    (ctx.run / "ckpt" / "warmup.state.pt").unlink(missing_ok=True)
+    ctx.reporter.stage("warmup", "done", f"feature MSE {summary['final_mse']:.4f}")
+
+
 def stage_student(ctx: Context) -> None:
     cfg = ctx.cfg
     scfg = cfg.student
+    methods = cfg.method.split("+")
+    init = ctx.run.output_hash(WARMUP) if "indistill" in methods else None
     key = stage_key("student", scfg.arch, scfg.train.__dict__, cfg.method, cfg.kd.__dict__,
-                    ctx.run.output_hash("teacher.pt"), ctx.data.fingerprint(), cfg.seed,
-                    ctx.device.type, _augment(ctx).__dict__)
+                    cfg.distill.__dict__, init, ctx.run.output_hash("teacher.pt"),
+                    ctx.data.fingerprint(), cfg.seed, ctx.device.type, _augment(ctx).__dict__)
     if ctx.run.stage_valid("student", key):
         ctx.reporter.stage("student", "skip", "student.pt is valid")
         return
     ctx.reporter.stage("student", "start", f"distilling {scfg.arch} with {cfg.method}")
-    methods = set(cfg.method.split("+"))
     model = _new_model(ctx, "student")
+    if init is not None:
+        model = _load_run_model(ctx, WARMUP.removesuffix(".pt"))
     ls = scfg.train.label_smoothing
-    if "kd" in methods:
-        teacher = _load_run_model(ctx, "teacher").to(ctx.device)
-        if scfg.train.channels_last:
-            teacher.to(memory_format=torch.channels_last)
-        objective = DistillObjective(
-            teacher, [(cfg.kd.alpha, KDLoss(cfg.kd.temperature))], task_weight=1.0 - cfg.kd.alpha,
-            label_smoothing=ls,
-        )
+    if any(m in LOSS_TERMS for m in methods):
+        teacher = _frozen_teacher(ctx)
+        terms, task_weight = build_terms(methods, cfg, model, teacher, ctx.data.input_size)
+        objective = DistillObjective(teacher, terms, task_weight=task_weight, label_smoothing=ls)
     else:
         objective = engine.CrossEntropy(ls)
     result = _train(ctx, "student", model, scfg.train, objective, key)
@@ -311,7 +361,7 @@ def build_report(ctx: Context, wall_time_s: float) -> dict:
     teacher, student = _model_entry(ctx, "teacher"), _model_entry(ctx, "student")
     artifacts = {
         name: name for name in ("config.yaml", "teacher.pt", "student.pt", "student.onnx",
-                                "teacher.onnx", METRICS, BENCH, SAMPLES, "data.json")
+                                "teacher.onnx", WARMUP, METRICS, BENCH, SAMPLES, "data.json")
         if (ctx.run / name).exists()
     }
     return {

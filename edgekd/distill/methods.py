@@ -1,0 +1,81 @@
+"""From a method string (`indistill+kd+at`) and the config to loss terms with their layers.
+
+Layers are chosen automatically for the built-in CIFAR MobileNetV2 families and given as
+`STUDENT_PATH:TEACHER_PATH` otherwise (config `distill.at_layer`, `distill.fitnet_layer`).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from edgekd.distill.hooks import get_module
+from edgekd.distill.indistill import _shapes
+from edgekd.distill.losses import ATLoss, FitNetLoss, KDLoss, LossTerm, PKTLoss
+from edgekd.errors import EdgeKDError
+
+LOSS_TERMS = ("kd", "at", "pkt", "fitnet")
+
+
+def parse_pair(text: str, what: str) -> tuple[str, str]:
+    """'S:T' -> (S, T); a single path serves both models; a ':in' suffix stays with its path."""
+    items: list[str] = []
+    for part in text.split(":"):
+        if part == "in" and items:
+            items[-1] += ":in"
+        else:
+            items.append(part)
+    if len(items) == 1 and items[0]:
+        return items[0], items[0]
+    if len(items) == 2 and all(items):
+        return items[0], items[1]
+    raise EdgeKDError(f"{what} {text!r}: use STUDENT_PATH:TEACHER_PATH, or one PATH for both")
+
+
+def _features(model: nn.Module):
+    return getattr(getattr(model, "body", None), "features", None)
+
+
+def auto_at_layer(student: nn.Module, removed: int | None) -> str:
+    """PAPERS.md: features[len(features) // d], d = 2 (L 3-7), 4 (9-13), 8 (15), 20 (17)."""
+    features = _features(student)
+    if features is None:
+        raise EdgeKDError("no automatic AT layer for this student: set distill.at_layer=STUDENT_PATH:TEACHER_PATH")
+    d = 2
+    if removed is not None:
+        d = 2 if removed <= 7 else 4 if removed <= 13 else 8 if removed <= 15 else 20
+    return f"body.features.{len(features) // d}"
+
+
+def penultimate(model: nn.Module) -> str:
+    """The input of the last Linear layer: the pooled features the classifier sees."""
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise EdgeKDError(f"{type(model).__name__} has no Linear classifier for PKT")
+    return f"{linears[-1]}:in"
+
+
+def build_terms(methods: list[str], cfg, student: nn.Module, teacher: nn.Module,
+                input_size: int) -> tuple[list[tuple[float, LossTerm]], float]:
+    """The weighted loss terms of a method, and the weight of the task (cross-entropy) loss."""
+    d = cfg.distill
+    terms: list[tuple[float, LossTerm]] = []
+    task_weight = 1.0
+    removed = getattr(getattr(student, "body", None), "removed", None)
+    if "kd" in methods:
+        terms.append((cfg.kd.alpha, KDLoss(cfg.kd.temperature)))
+        task_weight = 1.0 - cfg.kd.alpha
+    if "at" in methods:
+        s, t = parse_pair(d.at_layer, "distill.at_layer") if d.at_layer else (auto_at_layer(student, removed),) * 2
+        get_module(student, s), get_module(teacher, t)
+        terms.append((d.at_weight, ATLoss(s, t)))
+    if "pkt" in methods:
+        terms.append((d.pkt_weight, PKTLoss(penultimate(student), penultimate(teacher))))
+    if "fitnet" in methods:
+        if d.fitnet_layer:
+            s, t = parse_pair(d.fitnet_layer, "distill.fitnet_layer")
+        else:
+            s = t = auto_at_layer(student, None)  # the middle of the student
+        shapes_s = _shapes(student, [s], input_size)[s]
+        shapes_t = _shapes(teacher, [t], input_size)[t]
+        terms.append((d.fitnet_weight, FitNetLoss(s, t, shapes_s[1], shapes_t[1])))
+    return terms, task_weight
