@@ -29,6 +29,7 @@ class DataConfig:
     val_fraction: float = 0.1
     split_seed: int = 0
     train_subset: float | None = None  # stratified fraction of train, for quick runs
+    subset_seed: int | None = None  # which stratified subset (None: split_seed); Monte Carlo runs vary it
     crop_padding: int | None = None  # None: input_size // 8 (4 px at 32x32, as the papers)
     hflip: bool | None = None  # None: the data set's default (off for digits)
 
@@ -85,6 +86,7 @@ class DistillConfig:
 
 @dataclass
 class ExportConfig:
+    enabled: bool = True  # experiments switch it off when only accuracy is wanted
     opset: int = 18
     parity_atol: float = 1e-3  # max |logit difference| ONNX vs PyTorch, scaled by logit range
     min_agreement: float = 99.0  # top-1 agreement (%) over the test split
@@ -240,6 +242,8 @@ def validate(cfg: RunConfig) -> None:
         raise EdgeKDError(f"method {cfg.method!r} repeats {', '.join(dup)}: name each term once")
     if "student" in methods and len(methods) > 1:
         raise EdgeKDError(f"method {cfg.method!r}: 'student' (no teacher) cannot combine with other terms")
+    if cfg.bench.enabled and not cfg.export.enabled:
+        raise EdgeKDError("bench.enabled needs export.enabled (latency is measured on the ONNX files)")
     d = cfg.distill
     if d.indistill_max_layers < 1 or d.indistill_lr <= 0:
         raise EdgeKDError("distill.indistill_max_layers must be >= 1 and distill.indistill_lr > 0")

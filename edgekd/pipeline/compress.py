@@ -80,7 +80,8 @@ def compress(
     stage_teacher(ctx)
     stage_warmup(ctx)
     stage_student(ctx)
-    stage_export(ctx)
+    if cfg.export.enabled:
+        stage_export(ctx)
     if cfg.bench.enabled:
         stage_bench(ctx)
     report = build_report(ctx, wall_time_s=time.perf_counter() - t0)
@@ -95,7 +96,8 @@ def prepare_data(run_cfg: RunConfig) -> Dataset:
     size = cfg.input_size or default_input_size(run_cfg.teacher.arch)
     data = load_dataset(cfg.dataset, size, cfg.data_dir, cfg.val_fraction, cfg.split_seed)
     if cfg.train_subset is not None and cfg.train_subset < 1.0:
-        keep, _ = stratified_split(data.train.labels.numpy(), 1.0 - cfg.train_subset, cfg.split_seed)
+        seed = cfg.split_seed if cfg.subset_seed is None else cfg.subset_seed
+        keep, _ = stratified_split(data.train.labels.numpy(), 1.0 - cfg.train_subset, seed)
         data.train = data.train.subset(keep)
         data.extra["train_subset"] = cfg.train_subset
     return data

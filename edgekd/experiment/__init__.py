@@ -1,0 +1,1 @@
+"""Experiments over many compress runs: ablations, compression sweeps, Monte Carlo, retrieval, shift."""
