@@ -82,6 +82,8 @@ class DistillConfig:
     indistill_layers: list[str] = field(default_factory=list)  # STUDENT_PATH[:TEACHER_PATH]
     indistill_max_layers: int = 3
     indistill_lr: float = 1e-3
+    aux_teacher: str | None = None  # a mid-size model distilled from the teacher first (KD),
+    # then pruned for the warm-up in its place: bridges a very large capacity gap
 
 
 @dataclass
@@ -245,6 +247,10 @@ def validate(cfg: RunConfig) -> None:
     if cfg.bench.enabled and not cfg.export.enabled:
         raise EdgeKDError("bench.enabled needs export.enabled (latency is measured on the ONNX files)")
     d = cfg.distill
+    if d.aux_teacher is not None and not is_known(d.aux_teacher):
+        raise EdgeKDError(f"unknown auxiliary teacher {d.aux_teacher!r}: see `edgekd models`")
+    if d.aux_teacher is not None and "indistill" not in methods:
+        raise EdgeKDError("distill.aux_teacher is used by the InDistill warm-up: add indistill to the method")
     if d.indistill_max_layers < 1 or d.indistill_lr <= 0:
         raise EdgeKDError("distill.indistill_max_layers must be >= 1 and distill.indistill_lr > 0")
     for role in ("teacher", "student"):

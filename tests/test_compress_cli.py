@@ -271,3 +271,20 @@ def test_indistill_warmup_then_feature_terms(tmp_path):
     info = json.loads((out / "state.json").read_text())["warmup"]["info"]
     assert [c["epochs"] for c in info["curriculum"]] == [[1, 1], [2, 2]]
     assert "student.warmup.pt" in json.loads((out / "report.json").read_text())["artifacts"]
+
+
+def test_auxiliary_teacher_bridges_the_warmup(tmp_path):
+    out = tmp_path / "run"
+    r = _compress(*TINY, "--teacher-arch", "mbv2_cifar_w0.75", "--student", "mbv2_cifar_w0.25",
+                  "--method", "indistill+kd", "--no-bench", "--epochs", "1",
+                  "--set", "distill.aux_teacher=mbv2_cifar_w0.5", "--set", "distill.indistill_a=1",
+                  "--set", "distill.indistill_b=0", "--set", "distill.indistill_max_layers=1",
+                  "--out", str(out))
+    assert r.exit_code == 0, r.output
+    stages = [json.loads(x)["stage"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert stages == ["teacher", "aux", "warmup", "student"]
+    aux, meta = checkpoint.load_model(out / "aux_teacher.pt")
+    assert meta["arch"] == "mbv2_cifar_w0.5"
+    mapping = json.loads((out / "state.json").read_text())["warmup"]["info"]["mapping"]
+    # the warm-up prunes the auxiliary teacher (w0.5: 80 channels at features.17), not the teacher
+    assert mapping[0]["teacher_channels"] == aux.body.features[17].out_channels

@@ -23,7 +23,7 @@ from edgekd.data import Dataset, load_dataset
 from edgekd.data.augment import AugmentSettings
 from edgekd.data.dataset import stratified_split
 from edgekd.distill.indistill import InDistillObjective, auto_mapping, build_mapping
-from edgekd.distill.losses import DistillObjective
+from edgekd.distill.losses import DistillObjective, KDLoss
 from edgekd.distill.methods import LOSS_TERMS, build_terms, parse_pair
 from edgekd.errors import ModelError
 from edgekd.export.onnx import export_onnx, parity_check
@@ -34,6 +34,7 @@ from edgekd.pipeline.rundir import BENCH, METRICS, REPORT, SAMPLES, RunDir, stag
 from edgekd.train import checkpoint, engine
 
 WARMUP = "student.warmup.pt"
+AUX = "aux_teacher.pt"
 
 
 class Reporter(engine.Callback, Protocol):
@@ -78,6 +79,7 @@ def compress(
     ctx.info["open"] = status
     stage_data(ctx)
     stage_teacher(ctx)
+    stage_aux_teacher(ctx)
     stage_warmup(ctx)
     stage_student(ctx)
     if cfg.export.enabled:
@@ -187,11 +189,37 @@ def _load_run_model(ctx: Context, name: str) -> Classifier:
     return model
 
 
-def _frozen_teacher(ctx: Context) -> Classifier:
-    teacher = _load_run_model(ctx, "teacher").to(ctx.device).eval()
+def _frozen_teacher(ctx: Context, name: str = "teacher") -> Classifier:
+    teacher = _load_run_model(ctx, name).to(ctx.device).eval()
     if ctx.cfg.student.train.channels_last:
         teacher.to(memory_format=torch.channels_last)
     return teacher
+
+
+def stage_aux_teacher(ctx: Context) -> None:
+    """InDistill's auxiliary teacher: a mid-size model distilled from the teacher with KD."""
+    cfg = ctx.cfg
+    arch = cfg.distill.aux_teacher
+    if arch is None:
+        return
+    tcfg = cfg.student.train
+    key = stage_key("aux", arch, tcfg.__dict__, cfg.kd.__dict__, ctx.run.output_hash("teacher.pt"),
+                    ctx.data.fingerprint(), cfg.seed, ctx.device.type, _augment(ctx).__dict__)
+    if ctx.run.stage_valid("aux", key):
+        ctx.reporter.stage("aux", "skip", f"{AUX} is valid")
+        return
+    ctx.reporter.stage("aux", "start", f"distilling the auxiliary teacher {arch}")
+    torch.manual_seed(cfg.seed * 2 + 7)
+    model = create_model(arch, ctx.data.num_classes, ctx.data.mean, ctx.data.std)
+    objective = DistillObjective(_frozen_teacher(ctx), [(cfg.kd.alpha, KDLoss(cfg.kd.temperature))],
+                                 task_weight=1.0 - cfg.kd.alpha)
+    result = _train(ctx, "aux", model, tcfg, objective, key)
+    summary = {"arch": arch, **result.summary()}
+    checkpoint.save_model(model.cpu(), ctx.run / AUX, arch, ctx.data.classes,
+                          input_size=ctx.data.input_size, dataset=ctx.data.name, training=summary)
+    ctx.run.mark_done("aux", key, [AUX], summary)
+    (ctx.run / "ckpt" / "aux.state.pt").unlink(missing_ok=True)
+    ctx.reporter.stage("aux", "done", f"test top-1 {summary['last_epoch']['test_acc']:.2f} %")
 
 
 def stage_warmup(ctx: Context) -> None:
@@ -201,14 +229,15 @@ def stage_warmup(ctx: Context) -> None:
         return
     d, scfg = cfg.distill, cfg.student
     indistill = {k: v for k, v in d.__dict__.items() if k.startswith("indistill")}
-    key = stage_key("warmup", scfg.arch, scfg.train.__dict__, indistill,
-                    ctx.run.output_hash("teacher.pt"), ctx.data.fingerprint(), cfg.seed,
+    source = AUX if d.aux_teacher else "teacher.pt"
+    key = stage_key("warmup", scfg.arch, scfg.train.__dict__, indistill, source,
+                    ctx.run.output_hash(source), ctx.data.fingerprint(), cfg.seed,
                     ctx.device.type, _augment(ctx).__dict__)
     if ctx.run.stage_valid("warmup", key):
         ctx.reporter.stage("warmup", "skip", f"{WARMUP} is valid")
         return
     model = _new_model(ctx, "student")
-    teacher = _frozen_teacher(ctx)
+    teacher = _frozen_teacher(ctx, source.removesuffix(".pt"))
     pairs = ([parse_pair(p, "distill.indistill_layers") for p in d.indistill_layers]
              or auto_mapping(model, d.indistill_max_layers))
     mapping = build_mapping(model.to(ctx.device), teacher, pairs, ctx.data.input_size)
@@ -363,7 +392,7 @@ def build_report(ctx: Context, wall_time_s: float) -> dict:
     teacher, student = _model_entry(ctx, "teacher"), _model_entry(ctx, "student")
     artifacts = {
         name: name for name in ("config.yaml", "teacher.pt", "student.pt", "student.onnx",
-                                "teacher.onnx", WARMUP, METRICS, BENCH, SAMPLES, "data.json")
+                                "teacher.onnx", AUX, WARMUP, METRICS, BENCH, SAMPLES, "data.json")
         if (ctx.run / name).exists()
     }
     return {
