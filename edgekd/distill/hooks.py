@@ -23,8 +23,14 @@ class LayerPathError(EdgeKDError):
     """A module path that does not exist in the model."""
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (paths are the model's own)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
 def get_module(model: nn.Module, path: str) -> nn.Module:
     """The submodule at `path`; an unknown path raises with the nearest existing names."""
+    model = unwrap(model)
     names = dict(model.named_modules())
     if path in names:
         return names[path]

@@ -132,6 +132,8 @@ class InDistillObjective:
     `set_epoch` (called by the engine) moves the curriculum; earlier layers are not frozen.
     """
 
+    uses_all_parameters = False  # layers after the active one get no gradient
+
     def __init__(self, teacher: nn.Module, mapping: list[LayerPair], a: int = 2, b: int = 1):
         self.teacher = teacher.eval()
         for p in self.teacher.parameters():

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgekd import distributed
 from edgekd.config import TrainConfig
 from edgekd.data.augment import AugmentSettings, random_crop_flip
 from edgekd.data.dataset import Split
@@ -195,7 +196,13 @@ def train(
     tb_dir: Path | None = None,
     callback: Callback | None = None,
 ) -> TrainResult:
-    """Train `model` in place; checkpoint every epoch to `state_path`; log to `metrics_path`."""
+    """Train `model` in place; checkpoint every epoch to `state_path`; log to `metrics_path`.
+
+    Under torchrun the model is wrapped in DistributedDataParallel: every rank draws the same
+    global batch (same generator), augments it identically and trains on its strided share;
+    gradients are averaged, so one step matches a single-process step on the whole batch
+    except for BatchNorm, whose batch statistics are per rank. Rank 0 writes the files.
+    """
     model.to(device)
     channels_last = cfg.channels_last
     if channels_last:
@@ -204,6 +211,16 @@ def train(
     if extra is not None:
         extra.to(device)
     optimizer = _make_optimizer([model] + ([extra] if extra is not None else []), cfg)
+    rank, world = distributed.rank(), distributed.world_size()
+    main = rank == 0
+    net: nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # A curriculum loss that reaches only part of the model needs unused-parameter search.
+        partial = not getattr(objective, "uses_all_parameters", True)
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                      find_unused_parameters=partial)
     use_scaler = device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
@@ -228,10 +245,11 @@ def train(
             scaler.load_state_dict(state["scaler"])
         start_epoch = state["epoch"] + 1
         history = list(state["history"])
-    _truncate_metrics(metrics_path, stage, start_epoch - 1)
+    if main:
+        _truncate_metrics(metrics_path, stage, start_epoch - 1)
 
     writer = None
-    if tb_dir is not None:
+    if tb_dir is not None and main:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(tb_dir / stage), purge_step=start_epoch)
@@ -252,31 +270,41 @@ def train(
             t0 = time.perf_counter()
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
-            seen = 0
+            seen = seen_here = 0
             for s in range(steps):
                 idx = order[s * bs : (s + 1) * bs]
                 idx_dev = idx.to(device)
                 x = transform(images_dev[idx_dev], idx, gen)
+                y = labels_dev[idx_dev]
+                if world > 1:  # this rank's share of the identically augmented global batch
+                    x, y, idx_dev = x[rank::world], y[rank::world], idx_dev[rank::world]
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                y = labels_dev[idx_dev]
                 lr = lr_at(cfg.schedule, cfg.lr, (epoch - 1) * steps + s, total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 with _autocast(device, cfg.amp):
-                    loss, logits = objective(model, x, y, idx_dev)
+                    loss, logits = objective(net, x, y, idx_dev)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
+                if world > 1 and extra is not None:  # not inside DDP: average by hand
+                    for p in extra.parameters():
+                        if p.grad is not None:
+                            distributed.all_reduce_sum(p.grad).div_(world)
                 scaler.step(optimizer)
                 scaler.update()
-                loss_sum += loss.detach() * len(idx)
+                loss_sum += loss.detach() * len(y)
                 correct += (logits.detach().argmax(1) == y).sum()
-                seen += len(idx)
-                if callback:
+                seen += len(idx)  # the global batch: all ranks together
+                seen_here += len(y)
+                if callback and main:
                     dt = time.perf_counter() - t0
-                    callback.on_step(stage, s + 1, loss_sum.item() / seen,
-                                     100.0 * correct.item() / seen, seen / max(dt, 1e-9))
+                    callback.on_step(stage, s + 1, loss_sum.item() / seen_here,
+                                     100.0 * correct.item() / seen_here, seen / max(dt, 1e-9))
             train_time = time.perf_counter() - t0
+            if world > 1:  # every rank logs the global figures
+                totals = distributed.all_reduce_sum(torch.stack([loss_sum.float(), correct.float()]))
+                loss_sum, correct = totals[0], totals[1].long()
             if cfg.bn_recalibration > 0:
                 recalibrate_batchnorm(model, train_split.images[: cfg.bn_recalibration], device,
                                       channels_last=channels_last)
@@ -290,6 +318,9 @@ def train(
                 "images_per_s": seen / train_time, "epoch_time_s": time.perf_counter() - t0,
             }
             history.append(record)
+            if not main:
+                distributed.barrier()  # rank 0 is writing the checkpoint
+                continue
             checkpoint.save(
                 {
                     "epoch": epoch,
@@ -311,6 +342,7 @@ def train(
                 writer.flush()
             if callback:
                 callback.on_epoch_end(stage, record)
+            distributed.barrier()
     finally:
         if writer is not None:
             writer.close()
