@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .calibset import (
     CalibSet,
     CalibSetReader,
+    check_contract,
     load_calibset,
     stratified_indices,
     write_calibset,
@@ -51,6 +52,7 @@ __all__ = [
     "CalibSetReader",
     "CalibrationCache",
     "CalibrationError",
+    "check_contract",
     "int8_support",
     "load_calibset",
     "make_entropy_calibrator",

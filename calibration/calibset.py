@@ -292,3 +292,32 @@ class CalibSetReader:
     def __iter__(self) -> Iterator[Dict[str, np.ndarray]]:
         self.rewind()
         return iter(self.get_next, None)
+
+
+def check_contract(meta: Dict[str, Any], contract: Dict[str, Any], tolerance: float = 1e-3) -> None:
+    """Raise CalibrationError unless a set (its calib.json) fits a model's input contract.
+
+    `contract` is the model's metadata as edgekd writes it (layout, input_shape with a
+    symbolic batch, value_range): a set made at another size, in another layout, or already
+    normalised (values outside the raw [0, 1] pixels the graph expects) calibrates the wrong
+    ranges without any error from ONNX Runtime, so it is refused here.
+    """
+    shape = list(contract.get("input_shape") or [])[1:]
+    if shape and list(meta["shape"][1:]) != [int(d) for d in shape]:
+        raise CalibrationError(
+            f"calibration images are {tuple(meta['shape'][1:])} per image, the model takes "
+            f"{tuple(shape)}: write the set at the model's input size (edgekd quantize does)"
+        )
+    layout = contract.get("layout")
+    if layout and meta.get("layout", "NCHW") != layout:
+        raise CalibrationError(
+            f"calibration set layout {meta.get('layout')} differs from the model's {layout}"
+        )
+    expected = contract.get("value_range")
+    seen = meta.get("value_range")
+    if expected and seen and (seen[0] < expected[0] - tolerance or seen[1] > expected[1] + tolerance):
+        raise CalibrationError(
+            f"calibration images span [{seen[0]:.3g}, {seen[1]:.3g}], the model takes "
+            f"[{expected[0]:g}, {expected[1]:g}] ({contract.get('normalization', 'raw pixels')}): "
+            "store raw pixels scaled to the model's range, not normalised ones"
+        )

@@ -1,4 +1,5 @@
-"""Device side of edgekd: runners per backend, the latency harness and environment capture.
+"""Device side of edgekd: runners per backend, the latency harness, environment capture,
+power sampling, and the device bundle (build, verify, run).
 
 Runs on Python 3.8+ with numpy and onnxruntime; TensorRT and pycuda are optional. Never
 imports torch or edgekd. Submodules load on first use, so `import deploy` stays cheap.
@@ -24,6 +25,10 @@ _EXPORTS = {
     "batch_sweep": "harness",
     "capture": "envinfo",
     "run_bench": "bench",
+    "build_bundle": "bundle",
+    "verify_bundle": "verify",
+    "run_bundle": "run_bundle",
+    "PowerSampler": "power",
 }
 
 __all__ = ["SCHEMA_NAME", "SCHEMA_VERSION"] + sorted(_EXPORTS)

@@ -17,6 +17,7 @@ from . import SCHEMA_NAME, SCHEMA_VERSION
 from .envinfo import capture
 from .errors import DeployError
 from .harness import MeasureSettings, batch_sweep
+from .power import PowerSampler
 from .runners import Runner, make_runner
 
 RANDOM_SEED = 0
@@ -31,31 +32,54 @@ def run_bench(
     settings: Optional[MeasureSettings] = None,
     runner_options: Optional[Dict[str, Any]] = None,
     keep_timings: bool = True,
+    power: str = "auto",
 ) -> Dict[str, Any]:
     """Measure `model_path` at each batch size and return the bench document (schema
-    edgekd.bench v1); inputs come from an .npy file, else uniform [0, 1) noise."""
-    settings = settings or MeasureSettings()
-    batch_sizes = [int(b) for b in batch_sizes]
-    if not batch_sizes or min(batch_sizes) < 1:
-        raise DeployError("batch sizes must be >= 1, got %s" % batch_sizes)
+    edgekd.bench v1); inputs come from an .npy file, else uniform [0, 1) noise. `power`:
+    'auto' samples tegrastats / jtop where present (a Jetson), 'off' never."""
     if not os.path.isfile(model_path):
         raise DeployError("model not found: %s" % model_path)
     environment = capture()  # before the runner exists, so its threads do not heat anything
     runner = make_runner(model_path, backend, **(runner_options or {}))
     try:
-        _check_batches(runner, batch_sizes)
-        if inputs_path is None:
-            inputs = random_inputs(runner, max(batch_sizes + [MIN_RANDOM_SAMPLES]))
-            inputs_doc = {"source": "random", "path": None, "sha256": None, "seed": RANDOM_SEED}
-        else:
-            inputs = load_inputs(inputs_path, runner)
-            inputs_doc = {"source": "file", "path": inputs_path,
-                          "sha256": sha256_file(inputs_path), "seed": None}
-        inputs_doc.update(shape=list(inputs.shape), dtype=inputs.dtype.name)
-        results = batch_sweep(runner, inputs, batch_sizes, settings, keep_timings)
-        described = runner.describe()
+        return bench_runner(runner, model_path, inputs_path, batch_sizes, settings, keep_timings,
+                            environment=environment, power=power)
     finally:
         runner.close()
+
+
+def bench_runner(
+    runner: Any,
+    model_path: str,
+    inputs: Any = None,
+    batch_sizes: Sequence[int] = (1,),
+    settings: Optional[MeasureSettings] = None,
+    keep_timings: bool = True,
+    environment: Optional[Dict[str, Any]] = None,
+    power: str = "auto",
+) -> Dict[str, Any]:
+    """The bench document for any object with the runner call shape (`run`, `describe`,
+    `input_shape`): ONNX Runtime, TensorRT, or edgekd's PyTorch-eager baseline. `inputs` is
+    an .npy path, an (N, ...) array, or None for noise."""
+    settings = settings or MeasureSettings()
+    batch_sizes = [int(b) for b in batch_sizes]
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise DeployError("batch sizes must be >= 1, got %s" % batch_sizes)
+    environment = environment if environment is not None else capture()
+    _check_batches(runner, batch_sizes)
+    if inputs is None:
+        samples = random_inputs(runner, max(batch_sizes + [MIN_RANDOM_SAMPLES]))
+        inputs_doc = {"source": "random", "path": None, "sha256": None, "seed": RANDOM_SEED}
+    elif isinstance(inputs, str):
+        samples = load_inputs(inputs, runner)
+        inputs_doc = {"source": "file", "path": inputs, "sha256": sha256_file(inputs), "seed": None}
+    else:
+        samples = check_inputs(np.asarray(inputs), runner, "the inputs given")
+        inputs_doc = {"source": "array", "path": None, "sha256": None, "seed": None}
+    inputs_doc.update(shape=list(samples.shape), dtype=samples.dtype.name)
+    sampler = PowerSampler(power) if power != "off" else None
+    results = batch_sweep(runner, samples, batch_sizes, settings, keep_timings, sampler)
+    described = runner.describe()
     return {
         "schema": SCHEMA_NAME,
         "schema_version": SCHEMA_VERSION,
@@ -86,12 +110,17 @@ def load_inputs(path: str, runner: Runner) -> np.ndarray:
         inputs = np.load(path, allow_pickle=False)  # never unpickle a file from elsewhere
     except (OSError, ValueError) as e:
         raise DeployError("cannot read inputs %s as .npy: %s" % (path, e)) from e
+    return check_inputs(inputs, runner, "inputs " + path)
+
+
+def check_inputs(inputs: np.ndarray, runner: Runner, what: str) -> np.ndarray:
+    """`inputs` if its samples have the runner's per-sample shape, else a DeployError."""
     want, got = runner.input_shape, list(inputs.shape)
     if len(got) != len(want) or any(want[i] not in (None, got[i]) for i in range(1, len(want))):
-        raise DeployError("inputs %s hold samples of shape %s; the model takes %s (N first)"
-                          % (path, got[1:], want))
+        raise DeployError("%s hold samples of shape %s; the model takes %s (N first)"
+                          % (what, got[1:], want))
     if inputs.shape[0] < 1:
-        raise DeployError("inputs %s hold no samples" % path)
+        raise DeployError("%s hold no samples" % what)
     return inputs
 
 
@@ -137,6 +166,24 @@ def format_table(doc: Dict[str, Any]) -> str:
                     + ["%.1f" % r["throughput_ips"]])
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     return "\n".join("  ".join(row[i].rjust(widths[i]) for i in range(len(head))) for row in rows)
+
+
+def summary_lines(doc: Dict[str, Any]) -> List[str]:
+    """The MLPerf-style figures of merit of a bench document: SingleStream p90 (batch 1) and
+    the best throughput over the batch sizes (Offline), plus power where it was sampled."""
+    lines = []
+    for r in doc["results"]:
+        if r.get("scenario") == "SingleStream":
+            lines.append("SingleStream (batch 1): p90 %.3f ms" % r["p90_ms"])
+    best = max(doc["results"], key=lambda r: r["throughput_ips"])
+    lines.append("throughput: %.1f img/s at batch %d" % (best["throughput_ips"], best["batch_size"]))
+    for r in doc["results"]:
+        p = r.get("power")
+        if p and p.get("input_mean_mw") is not None:
+            lines.append("power at batch %d: %s %.0f mW mean (%s, %d samples), %.3f mJ/image"
+                         % (r["batch_size"], p["input_rail"], p["input_mean_mw"], p["source"],
+                            p["samples"], p.get("energy_mj_per_image") or 0.0))
+    return lines
 
 
 def _check_batches(runner: Runner, batch_sizes: List[int]) -> None:

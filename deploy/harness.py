@@ -73,10 +73,14 @@ def measure(
     batch_size: int,
     settings: Optional[MeasureSettings] = None,
     keep_timings: bool = True,
+    monitor: Any = None,
 ) -> Dict[str, Any]:
     """Time `runner.run` on batches cycled from `inputs` (N, C, H, W); returns batch_size,
     iterations, duration_s, warmup, stop_reason, latency_ms (stats.summarize), throughput_ips,
-    device_latency_ms (when the runner reports device time) and timings_ms."""
+    device_latency_ms (when the runner reports device time) and timings_ms.
+
+    `monitor` (e.g. deploy.power.PowerSampler) is started after the warm-up and stopped after
+    the timed loop; what its stop() returns becomes `power`, with the energy per image."""
     settings = settings or MeasureSettings()
     batches = assemble_batches(inputs, batch_size, getattr(runner, "input_dtype", np.float32))
     gc_was_enabled = gc.isenabled()
@@ -85,7 +89,12 @@ def measure(
     gc.disable()
     try:
         warm_iters, warm_ns = _warm_up(runner, batches, settings)
-        timings_ns, device_ms, duration_ns, stop_reason = _timed_loop(runner, batches, settings)
+        if monitor is not None:
+            monitor.start()
+        try:
+            timings_ns, device_ms, duration_ns, stop_reason = _timed_loop(runner, batches, settings)
+        finally:
+            power = monitor.stop() if monitor is not None else None
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -104,25 +113,32 @@ def measure(
     if device_ms:
         result["device_latency_ms"] = summarize(device_ms, settings.bootstrap_resamples,
                                                 settings.seed)
+    if power is not None:
+        images = batch_size * len(timings_ns)
+        if power.get("input_mean_mw") is not None and images:
+            # mW x s = mJ: the module's input power over the timed phase, per image.
+            power["energy_mj_per_image"] = power["input_mean_mw"] * (duration_ns / 1e9) / images
+        result["power"] = power
     if keep_timings:
         result["timings_ms"] = [round(float(t), 5) for t in timings_ms]
     return result
 
 
 def single_stream(runner: Any, inputs: np.ndarray, settings: Optional[MeasureSettings] = None,
-                  keep_timings: bool = True) -> Dict[str, Any]:
+                  keep_timings: bool = True, monitor: Any = None) -> Dict[str, Any]:
     """MLPerf SingleStream: batch 1, one query at a time; its figure of merit is p90 (`p90_ms`)."""
-    result = measure(runner, inputs, 1, settings, keep_timings)
+    result = measure(runner, inputs, 1, settings, keep_timings, monitor)
     result["scenario"] = "SingleStream"
     result["p90_ms"] = result["latency_ms"]["p90"]
     return result
 
 
 def batch_sweep(runner: Any, inputs: np.ndarray, batch_sizes: Sequence[int] = (1, 8, 64),
-                settings: Optional[MeasureSettings] = None, keep_timings: bool = True) -> List[Dict[str, Any]]:
+                settings: Optional[MeasureSettings] = None, keep_timings: bool = True,
+                monitor: Any = None) -> List[Dict[str, Any]]:
     """One `measure` per batch size, in the given order (batch 1 as `single_stream`)."""
-    return [single_stream(runner, inputs, settings, keep_timings) if b == 1
-            else measure(runner, inputs, b, settings, keep_timings) for b in batch_sizes]
+    return [single_stream(runner, inputs, settings, keep_timings, monitor) if b == 1
+            else measure(runner, inputs, b, settings, keep_timings, monitor) for b in batch_sizes]
 
 
 def _warm_up(runner: Any, batches: List[np.ndarray], s: MeasureSettings) -> tuple:

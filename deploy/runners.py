@@ -74,11 +74,12 @@ class OrtRunner(Runner):
         intra_op_threads: Optional[int] = None,
         inter_op_threads: int = 1,
         providers: Optional[Sequence[str]] = None,
+        trt_cache_dir: Optional[str] = None,
     ) -> None:
         ort = _import_onnxruntime()
         if not os.path.isfile(onnx_path):
             raise DeployError("model not found: %s" % onnx_path)
-        wanted = _resolve_providers(providers)
+        wanted = resolve_providers(providers, ort.get_available_providers())
         missing = [p for p in wanted if p not in ort.get_available_providers()]
         if missing:
             raise RunnerUnavailable(
@@ -98,8 +99,16 @@ class OrtRunner(Runner):
         # latency repeatable (parallel mode only helps branchy graphs).
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        chosen: List[Any] = list(wanted)
+        if trt_cache_dir and "TensorrtExecutionProvider" in wanted:
+            # Without a cache the TensorRT EP rebuilds its engines at every session start,
+            # which takes minutes on a Jetson.
+            os.makedirs(trt_cache_dir, exist_ok=True)
+            chosen[wanted.index("TensorrtExecutionProvider")] = (
+                "TensorrtExecutionProvider",
+                {"trt_engine_cache_enable": True, "trt_engine_cache_path": trt_cache_dir})
         try:
-            self._session = ort.InferenceSession(onnx_path, sess_options=opts, providers=wanted)
+            self._session = ort.InferenceSession(onnx_path, sess_options=opts, providers=chosen)
         except Exception as e:
             # ORT's own classes (InvalidProtobuf, InvalidGraph, Fail...) mean a bad model file.
             if not type(e).__module__.startswith("onnxruntime"):
@@ -256,9 +265,14 @@ def make_runner(path: str, backend: str = "onnxruntime", **kw: Any) -> Runner:
     raise DeployError("unknown backend %r: use 'onnxruntime' or 'tensorrt'" % backend)
 
 
-def _resolve_providers(providers: Optional[Sequence[str]]) -> List[str]:
+def resolve_providers(providers: Optional[Sequence[str]], available: Sequence[str]) -> List[str]:
+    """Execution providers for a session, CPU last. None means CPU only; 'auto' means the CUDA
+    provider when this onnxruntime build has it (the TensorRT provider is taken only when named:
+    it builds engines at session start)."""
     if not providers:
         return ["CPUExecutionProvider"]
+    if [p.lower() for p in providers] == ["auto"]:
+        return [p for p in ("CUDAExecutionProvider",) if p in available] + ["CPUExecutionProvider"]
     resolved = [_PROVIDER_ALIASES.get(p.lower(), p) for p in providers]
     # CPU stays last as the fallback for operators the accelerator provider does not take.
     if "CPUExecutionProvider" not in resolved:

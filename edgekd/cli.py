@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -71,10 +72,27 @@ class _RichReporter:
         self.console = console
         self.progress: Progress | None = None
         self.task = None
+        self.bar: Progress | None = None  # for on_progress
+        self.bar_task = None
 
     def stage(self, name, status, detail=""):
-        style = {"start": "cyan", "done": "green", "skip": "yellow"}.get(status, "white")
+        style = {"start": "cyan", "done": "green", "skip": "yellow", "note": "magenta"}.get(status, "white")
+        if self.bar is not None and status != "note":
+            self.bar.stop()
+            self.bar = None
         self.console.print(f"[{style}]{name:>8} {status:<5}[/] {detail}", highlight=False)
+
+    def on_progress(self, stage, done, total, detail=""):
+        """A bar for work that is not epochs (IG maps: images done of total)."""
+        if self.bar is None:
+            self.bar = Progress(
+                TextColumn(f"{stage:>8}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=self.console,
+                transient=True,
+            )
+            self.bar.start()
+            self.bar_task = self.bar.add_task(stage, total=total, stats="")
+        self.bar.update(self.bar_task, completed=done, total=total, stats=detail)
 
     def on_epoch_start(self, stage, epoch, epochs, steps):
         self.progress = Progress(
@@ -111,13 +129,19 @@ def _default_out(cfg) -> Path:
 @click.option("--teacher", default=None, help="Teacher checkpoint (.pt), or 'train' (default).")
 @click.option("--teacher-arch", default=None, help="Teacher model name (default mbv2_cifar).")
 @click.option("--student", default=None, help="Student model name (see `edgekd models`).")
-@click.option("--method", default=None, help="Terms joined by +: student | kd, at, pkt, fitnet, indistill (default kd).")
+@click.option("--method", default=None, help="Terms joined by +: student | kd, ig, at, pkt, fitnet, indistill (default indistill+kd+ig).")
 @click.option("--epochs", type=int, default=None, help="Student epochs.")
 @click.option("--teacher-epochs", type=int, default=None, help="Teacher epochs when training one.")
 @click.option("--batch-size", type=int, default=None)
 @click.option("--lr", type=float, default=None, help="Student learning rate.")
 @click.option("--kd-alpha", type=float, default=None, help="Weight of the KD term (CE gets 1 - alpha).")
 @click.option("--kd-temperature", type=float, default=None)
+@click.option("--ig-p", type=float, default=None, help="Probability of overlaying an image with its IG map (default 0.1).")
+@click.option("--ig-blend", type=float, default=None, help="Overlay weight: x := (1 - b) x + b map (default 0.5).")
+@click.option("--ig-steps", type=int, default=None, help="IG integration steps (default 50; digits 8).")
+@click.option("--ig-method", default=None, help="gausslegendre (default) | riemann_trapezoid | riemann_left | ...")
+@click.option("--ig-target", default=None, help="label (default) | prediction (the teacher's top-1).")
+@click.option("--ig-baseline", default=None, help="zeros in the teacher's normalised space (default) | blur | noise.")
 @click.option("--input-size", type=int, default=None, help="Resize images to this size.")
 @click.option("--train-subset", type=float, default=None, help="Stratified fraction of train (quick runs).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run directory (default runs/<name>).")
@@ -126,12 +150,14 @@ def _default_out(cfg) -> Path:
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML settings (e.g. a run's config.yaml).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any setting by dotted key, e.g. student.train.optimizer=sgd.")
 @click.option("--no-bench", is_flag=True, help="Skip the latency measurement.")
+@click.option("--int8", is_flag=True, help="Also quantize the student to INT8 (export.int8; budget export.int8_max_drop).")
 @click.option("--resume", is_flag=True, help="Continue an unfinished run in --out.")
 @click.option("--force", is_flag=True, help="Overwrite the run in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
 def compress(dataset, data_dir, teacher, teacher_arch, student, method, epochs, teacher_epochs,
-             batch_size, lr, kd_alpha, kd_temperature, input_size, train_subset, out, device, seed,
-             config_file, sets, no_bench, resume, force, as_json):
+             batch_size, lr, kd_alpha, kd_temperature, ig_p, ig_blend, ig_steps, ig_method,
+             ig_target, ig_baseline, input_size, train_subset, out, device, seed,
+             config_file, sets, no_bench, int8, resume, force, as_json):
     """Distil a student from a teacher, export it to ONNX and report accuracy, size and latency."""
     from edgekd.pipeline.compress import compress as run_compress
 
@@ -147,21 +173,30 @@ def compress(dataset, data_dir, teacher, teacher_arch, student, method, epochs, 
         "teacher.train.batch_size": batch_size, "student.train.lr": lr, "kd.alpha": kd_alpha,
         "kd.temperature": kd_temperature, "data.input_size": input_size,
         "data.train_subset": train_subset, "device": device, "seed": seed,
+        "ig.p": ig_p, "ig.blend": ig_blend, "ig.steps": ig_steps, "ig.method": ig_method,
+        "ig.target": ig_target, "ig.baseline": ig_baseline,
     }
     if no_bench:
         overrides["bench.enabled"] = False
+    if int8:
+        overrides["export.int8"] = True
     from edgekd.config import build_config
 
     cfg = build_config(config_file, dataset, overrides, sets)
     if teacher == "train":
         cfg.teacher.checkpoint = None
     out = out or _default_out(cfg)
-    err.print(f"run directory: {out}", highlight=False)
+    # Under `torchrun --nproc-per-node N -m edgekd compress ...` rank 0 alone speaks.
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if rank0:
+        err.print(f"run directory: {out}", highlight=False)
     try:
         report = run_compress(cfg, out, resume=resume, force=force, reporter=_RichReporter(err))
     except KeyboardInterrupt:
         err.print(f"interrupted: rerun the same command with --resume (--out {out}) to continue")
         sys.exit(130)
+    if not rank0:
+        return
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
@@ -198,22 +233,77 @@ def _summary_table(report: dict) -> Table:
     return table
 
 
-# ---- export --------------------------------------------------------------------------------
+# ---- export ----------------------------------------------------------------------------
+_TARGETS = ["jetson-jp5", "jetson-jp6", "jetson-jp7", "cpu"]
+
+
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--opset", type=int, default=None, help="ONNX opset (default: the run's).")
+@click.option("--target", type=click.Choice(_TARGETS), default=None,
+              help="Device the ONNX must load on; picks opset and IR version (default: the run's, cpu).")
+@click.option("--opset", type=int, default=None, help="ONNX opset (default: the target's).")
+@click.option("--simplify/--no-simplify", default=None, help="Simplify the graph with onnxslim (parity re-checked).")
 @click.option("--json", "as_json", is_flag=True)
-def export(run_dir, opset, as_json):
-    """Export a run's teacher and student to ONNX (with a parity check against PyTorch)."""
+def export(run_dir, target, opset, simplify, as_json):
+    """Export a run's teacher and student to ONNX (with a parity check against PyTorch).
+
+    \b
+    target      runtime on the device                          opset  IR
+    jetson-jp5  JetPack 5.1.x: TensorRT 8.5                     17     8
+    jetson-jp6  JetPack 6.0: TensorRT 8.6; 6.1/6.2: TRT 10.3    17     8
+    jetson-jp7  JetPack 7.x: TensorRT 10.x                      20     9
+    cpu         ONNX Runtime >= 1.18                            18     8
+    """
     from edgekd.pipeline.standalone import export_run
 
-    info = export_run(run_dir, opset)
+    info = export_run(run_dir, opset, target, simplify)
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:
+        if "target" in info:
+            out.print(f"target {info['target']}: opset {info['opset']}, IR {info['ir_version']}",
+                      highlight=False)
         for name, p in info["parity"].items():
             out.print(f"{name}.onnx: max |diff| {p['max_abs_diff']:.2e}, top-1 agreement "
                       f"{p['top1_agreement']:.2f} % on {p['images']} test images", highlight=False)
+
+
+@cli.command()
+@click.argument("source", metavar="RUN_DIR|MODEL.onnx", type=click.Path(path_type=Path))
+@click.option("--out", "out_path", type=click.Path(path_type=Path), default=None,
+              help="INT8 model (default: <model>.int8.onnx beside the FP32 one).")
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True, help="Activation range calibration.")
+@click.option("--max-drop", type=float, default=1.0, show_default=True,
+              help="Accuracy budget: largest top-1 drop vs FP32 on the test split, in percentage points.")
+@click.option("--exclude", multiple=True, metavar="PATTERN",
+              help="Keep matching nodes in FP32 (fnmatch on node names or op types, e.g. '/head/*', Gemm); repeatable.")
+@click.option("--calib-size", type=int, default=256, show_default=True,
+              help="Calibration images, stratified over the classes of the training split.")
+@click.option("--calib", type=click.Path(path_type=Path), default=None,
+              help="Use this calibration set folder instead of writing one.")
+@click.option("--model", type=click.Choice(["student", "teacher"]), default="student", show_default=True,
+              help="Which model of RUN_DIR.")
+@click.option("--dataset", default=None, help="For MODEL.onnx: its data set (default: from its metadata).")
+@click.option("--data-dir", default=None)
+@click.option("--seed", type=int, default=None, help="Calibration image choice (default: the run's seed).")
+@click.option("--json", "as_json", is_flag=True)
+def quantize(source, out_path, method, max_drop, exclude, calib_size, calib, model, dataset, data_dir,
+             seed, as_json):
+    """INT8 (ONNX Runtime static QDQ) of a run's model or an .onnx file, within an accuracy budget."""
+    from edgekd.pipeline.standalone import quantize_run
+
+    info = quantize_run(source, out_path, method, max_drop, exclude, calib_size, calib, dataset,
+                        data_dir, seed, model)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    a = info["accuracy"]
+    out.print(f"{info['out_path']}: top-1 {a['fp32_top1']:.2f} % FP32 -> {a['int8_top1']:.2f} % INT8 "
+              f"({a['drop_pp']:+.2f} pp drop, budget {max_drop} pp; agreement {a['agreement']:.2f} % "
+              f"on {a['n']} test images), {info['method']} on {info['calib_images']} images, "
+              f"{info['size_fp32_bytes'] / 1e6:.2f} -> {info['size_int8_bytes'] / 1e6:.2f} MB",
+              highlight=False)
 
 
 # ---- experiment ----------------------------------------------------------------------------
@@ -356,6 +446,303 @@ def shift(run_dir, folder, maps, as_json):
     else:
         out.print(f"{r['images']} images from {r['folder']}: teacher {r['teacher']['accuracy']:.2f} %, "
                   f"student {r['student']['accuracy']:.2f} %", highlight=False)
+
+
+# ---- ig ------------------------------------------------------------------------------------
+@cli.group()
+def ig():
+    """Integrated-gradient maps of a run's teacher: compute (torchrun-able) and show."""
+
+
+class _IGBar:
+    """The IG computation's plan and a progress bar (stderr, rank 0 only)."""
+
+    def __init__(self, console: Console):
+        self.reporter = _RichReporter(console)
+
+    def on_plan(self, info):
+        for note in info["notes"]:
+            self.reporter.stage("ig", "note", note)
+        ranks = f" x {info['world_size']} ranks" if info["world_size"] > 1 else ""
+        self.reporter.stage("ig", "start", f"{info['todo_images']} of {info['images']} maps on "
+                            f"{info['device']}{ranks}, {info['rows_per_forward']} rows per forward")
+
+    def on_chunk(self, done, total, ips):
+        self.reporter.on_progress("ig", done, total, f"{ips:.1f} img/s")
+
+    def close(self):
+        if self.reporter.bar is not None:
+            self.reporter.bar.stop()
+
+
+@ig.command("compute")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--ig-steps", type=int, default=None, help="Integration steps (default: the run's).")
+@click.option("--ig-method", default=None, help="gausslegendre | riemann_trapezoid | ... (default: the run's).")
+@click.option("--ig-target", default=None, help="label | prediction (default: the run's).")
+@click.option("--ig-baseline", default=None, help="zeros | blur | noise (default: the run's).")
+@click.option("--ig-dtype", default=None, help="float16 | uint8 (default: the run's).")
+@click.option("--internal-batch-size", type=int, default=None, help="Rows per teacher forward (default: from free memory).")
+@click.option("--chunk-size", type=int, default=None, help="Images per resumable chunk (default: the run's).")
+@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N (default: the run's).")
+@click.option("--force", is_flag=True, help="Recompute maps made by another teacher, data set or settings.")
+@click.option("--json", "as_json", is_flag=True)
+def ig_compute(run_dir, ig_steps, ig_method, ig_target, ig_baseline, ig_dtype, internal_batch_size,
+               chunk_size, device, force, as_json):
+    """Compute (or resume, or check) the IG maps of RUN_DIR's teacher into RUN_DIR/ig/.
+
+    Under `torchrun --nproc-per-node N -m edgekd ig compute RUN_DIR` the images are sharded
+    over the ranks (gloo on CPU, NCCL on GPU).
+    """
+
+    from edgekd.pipeline.standalone import ig_compute_run
+
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    overrides = {"ig.steps": ig_steps, "ig.method": ig_method, "ig.target": ig_target,
+                 "ig.baseline": ig_baseline, "ig.dtype": ig_dtype,
+                 "ig.internal_batch_size": internal_batch_size, "ig.chunk_size": chunk_size}
+    bar = _IGBar(err) if rank0 else None
+    try:
+        info = ig_compute_run(run_dir, overrides, device, force, bar)
+    except KeyboardInterrupt:
+        err.print(f"interrupted: rerun `edgekd ig compute {run_dir}` to resume at the first incomplete chunk")
+        sys.exit(130)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not rank0:
+        return
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    verb = {"valid": "already complete", "computed": "computed", "resumed": "resumed and completed",
+            "repaired": "repaired"}[info["status"]]
+    speed = f" ({info['images_per_s']:.1f} img/s, {info['world_size']} rank(s))" if info["computed_images"] else ""
+    out.print(f"{info['cache']}: {info['maps']} maps {verb}{speed}", highlight=False)
+
+
+@ig.command("show")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("-n", "--samples", type=int, default=10, show_default=True, help="Rows in the grid.")
+@click.option("--out", "out_path", type=click.Path(path_type=Path), default=None, help="PNG path (default RUN_DIR/ig_grid.png).")
+@click.option("--json", "as_json", is_flag=True)
+def ig_show(run_dir, samples, out_path, as_json):
+    """Write a PNG grid of image | IG map | overlaid image for SAMPLES training images."""
+    from edgekd.pipeline.standalone import ig_show_run
+
+    info = ig_show_run(run_dir, samples, out_path)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        out.print(f"{info['png']}: {len(info['indices'])} rows (image | map | overlay)", highlight=False)
+
+
+# ---- bench and deploy ----------------------------------------------------------------------
+def _measure_options(f):
+    """Harness settings shared by bench and deploy (deploy.harness.MeasureSettings)."""
+    for opt in reversed([
+        click.option("--warmup-s", type=float, default=1.0, show_default=True, help="Warm up at least this many seconds..."),
+        click.option("--warmup-iters", type=int, default=10, show_default=True, help="...and this many runs."),
+        click.option("--min-s", type=float, default=2.0, show_default=True, help="Measure at least this many seconds..."),
+        click.option("--min-iters", type=int, default=50, show_default=True, help="...and this many runs."),
+        click.option("--max-s", type=float, default=60.0, show_default=True, help="Stop measuring after this many seconds."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _settings(warmup_s, warmup_iters, min_s, min_iters, max_s):
+    from deploy.errors import DeployError
+    from deploy.harness import MeasureSettings
+
+    try:
+        return MeasureSettings(warmup_s=warmup_s, warmup_iters=warmup_iters, min_s=min_s,
+                               min_iters=min_iters, max_s=max(max_s, min_s),
+                               max_iters=max(100000, min_iters))
+    except DeployError as e:
+        raise EdgeKDError(str(e)) from None
+
+
+def _compare_table(doc: dict) -> Table:
+    t, s = doc["teacher"], doc["student"]
+    table = Table(title=f"teacher {t['arch']} ({t['macs'] / 1e6:.1f} M MACs/image) vs student "
+                        f"{s['arch']} ({s['macs'] / 1e6:.1f} M)")
+    for col in ("backend", "precision", "batch", "teacher p50", "student p50", "speed-up", "95 % CI"):
+        table.add_column(col, justify="left" if col in ("backend", "precision") else "right")
+    for r in doc["rows"]:
+        prec = (r["teacher_precision"] if r["teacher_precision"] == r["student_precision"]
+                else f"T {r['teacher_precision']}, S {r['student_precision']}")
+        table.add_row("torch eager" if r["backend"] == "torch" else "ONNX Runtime", prec, str(r["batch"]),
+                      f"{r['teacher_p50_ms']:.2f} ms", f"{r['student_p50_ms']:.2f} ms",
+                      f"{r['speedup']:.2f}x", f"{r['speedup_ci95'][0]:.2f}-{r['speedup_ci95'][1]:.2f}")
+    table.caption = (f"{(doc['environment'].get('cpu') or {}).get('model')}, {doc['threads']} threads; "
+                     "p50 per batch; CI from the medians' bootstrap intervals")
+    return table
+
+
+def _compare_lines(doc: dict) -> list[str]:
+    """The measured speed-ups next to the claimed one, one line per batch size."""
+    claim = doc["claim"]
+    lines = [f"claimed: {claim['teacher_ms']:.0f} ms -> {claim['student_ms']:.0f} ms per batch of "
+             f"{claim['batch']} = {claim['speedup']:.1f}x;  MAC ratio teacher/student = "
+             f"{doc['mac_ratio']:.2f}x;  params {doc['param_ratio']:.2f}x"]
+    for b in sorted({r["batch"] for r in doc["rows"]}, reverse=True):
+        parts = [f"{'torch eager' if r['backend'] == 'torch' else 'ONNX Runtime'}"
+                 f"{'' if r['teacher_precision'] == r['student_precision'] == 'fp32' else ' ' + r['student_precision']}"
+                 f" {r['speedup']:.2f}x" for r in doc["rows"] if r["batch"] == b]
+        lines.append(f"measured at batch {b}: " + ", ".join(parts))
+    return lines
+
+
+def _set_table(doc: dict) -> Table:
+    table = Table(title=f"edgekd bench ({doc['threads']} threads)")
+    for col in ("model", "backend", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s"):
+        table.add_column(col, justify="left" if col in ("model", "backend") else "right")
+    for e in doc["entries"]:
+        for i, r in enumerate(e["document"]["results"]):
+            lat = r["latency_ms"]
+            head = [Path(e["path"]).name, f"{e['backend']} {e['precision']}"] if i == 0 else ["", ""]
+            table.add_row(*head, str(r["batch_size"]), f"{lat['p50']:.3f}", f"{lat['p90']:.3f}",
+                          f"{lat['p99']:.3f}", f"{r['throughput_ips']:.1f}")
+    return table
+
+
+@cli.command()
+@click.argument("models_", metavar="MODEL...", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--compare", "compare_run", type=click.Path(path_type=Path), default=None,
+              help="A run's teacher vs student (torch eager, ONNX Runtime, FP32 and INT8), next to the papers' claim.")
+@click.option("--batch", "batches", type=int, multiple=True, help="Batch size, repeatable (default 1; --compare: 64 and 1).")
+@click.option("--threads", type=int, default=None, help="Intra-op threads, torch and ONNX Runtime (default: the usable cores).")
+@click.option("--inputs", type=click.Path(path_type=Path), default=None, help=".npy of samples (default: samples.npy beside the model, else noise).")
+@_measure_options
+@click.option("--out", "out_path", type=click.Path(path_type=Path), default=None, help="Write the JSON document here.")
+@click.option("--plot", type=click.Path(path_type=Path), default=None, help="Write a PNG bar chart here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON document to stdout.")
+def bench(models_, compare_run, batches, threads, inputs, warmup_s, warmup_iters, min_s, min_iters,
+          max_s, out_path, plot, as_json):
+    """Latency of ONNX models (ONNX Runtime) and checkpoints (PyTorch eager) on this machine.
+
+    MODEL: .onnx or .pt files. With --compare RUN_DIR: the run's teacher vs student.
+    """
+    from edgekd.bench.measure import bench_models
+    from edgekd.bench.measure import compare_run as compare
+    from edgekd.bench.plot import plot_compare, plot_set
+    from edgekd.io import write_json
+
+    settings = _settings(warmup_s, warmup_iters, min_s, min_iters, max_s)
+
+    def progress(detail):
+        err.print(f"[cyan]   bench[/] {detail}", highlight=False, soft_wrap=True)
+
+    if compare_run is not None:
+        if models_:
+            raise EdgeKDError("give MODEL files or --compare RUN_DIR, not both")
+        doc = compare(compare_run, list(batches) or [64, 1], threads, settings, progress=progress)
+    else:
+        doc = bench_models(list(models_), list(batches) or [1], threads, settings,
+                           str(inputs) if inputs else None, progress=progress)
+    if out_path:
+        write_json(out_path, doc)
+    if plot:
+        (plot_compare if compare_run is not None else plot_set)(doc, plot)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    elif compare_run is not None:
+        out.print(_compare_table(doc))
+        for line in _compare_lines(doc):
+            out.print(line, highlight=False, soft_wrap=True)
+    else:
+        out.print(_set_table(doc))
+    for path, what in ((out_path, "json"), (plot, "plot")):
+        if path:
+            err.print(f"wrote {what}: {path}", highlight=False)
+
+
+def _deploy_table(doc: dict) -> Table:
+    table = Table(title=f"{doc['where']}: {doc['backend']}, bundle {doc['bundle']['id'][:12]}")
+    for col in ("model", "top-1 %", "agree %", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for key, m in sorted(doc["models"].items()):
+        acc = m["accuracy"]
+        agree = f"{acc['agreement']:.1f}" if acc.get("agreement") is not None else "-"
+        for i, r in enumerate(m["results"]):
+            lat = r["latency_ms"]
+            head = [f"{key} ({m.get('precision', '?')})", f"{acc['top1']:.2f}", agree] if i == 0 else ["", "", ""]
+            table.add_row(*head, str(r["batch_size"]), f"{lat['p50']:.3f}", f"{lat['p90']:.3f}",
+                          f"{lat['p99']:.3f}", f"{r['throughput_ips']:.1f}")
+    first = next(iter(doc["models"].values()))
+    table.caption = (f"{first['environment'].get('hostname')}, {(first['environment'].get('cpu') or {}).get('model')}; "
+                     f"top-1 on {first['accuracy']['samples']} labelled test images; agree = same top-1 "
+                     "as ONNX Runtime on the workstation")
+    return table
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--target", required=True, help="local | ssh://user@host[:port] | user@host | an ssh config alias.")
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
+@click.option("--remote-python", default=None, help="Python on the device, e.g. a venv's bin/python (default python3).")
+@click.option("--remote-dir", default=None, help="Bundles folder on the device (default ~/edgekd-bundles).")
+@click.option("--batch", "batches", type=int, multiple=True, help="Batch size, repeatable (default 1, 8, 64).")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads on the device (default: its cores).")
+@click.option("--provider", "providers", multiple=True, help="ONNX Runtime provider on the device: cpu | cuda | tensorrt | auto.")
+@click.option("--precision", type=click.Choice(["fp16", "fp32", "int8"]), default="fp16", show_default=True,
+              help="TensorRT precision for FP32 models (int8: calibrated on RUN_DIR/calib); INT8 exports build as INT8.")
+@click.option("--model", "models_", multiple=True, help="Only these: teacher, student, teacher.int8, student.int8.")
+@click.option("--ssh-config", type=click.Path(path_type=Path), default=None, help="ssh config file for ssh, rsync and scp (-F).")
+@click.option("--transfer", type=click.Choice(["auto", "rsync", "scp"]), default="auto", show_default=True,
+              help="auto: rsync when both ends have it, else scp.")
+@click.option("--bwlimit", type=int, default=None, metavar="KIB_S", help="Cap the transfer rate (KiB/s).")
+@click.option("--connect-timeout", type=int, default=20, show_default=True, help="Seconds to wait for ssh to connect.")
+@_measure_options
+@click.option("--json", "as_json", is_flag=True, help="Print the results document to stdout.")
+def deploy(run_dir, target, backend, remote_python, remote_dir, batches, threads, providers, precision,
+           models_, ssh_config, transfer, bwlimit, connect_timeout, warmup_s, warmup_iters, min_s,
+           min_iters, max_s, as_json):
+    """Ship a run to a device, check accuracy and measure latency there, bring the results back.
+
+    The bundle is verified by checksum on the device before anything in it runs; results go to
+    RUN_DIR/bench-<target>.json (schema edgekd.run-bench).
+    """
+    from edgekd.ship import DeployOptions, deploy_run
+
+    opts = DeployOptions(
+        target=target, backend=backend, remote_python=remote_python, remote_dir=remote_dir,
+        batch_sizes=list(batches) or [1, 8, 64], threads=threads, providers=list(providers) or None,
+        precision=precision, models=list(models_) or None,
+        ssh_config=str(ssh_config) if ssh_config else None, transfer=transfer, bwlimit_kbps=bwlimit,
+        connect_timeout_s=connect_timeout,
+        settings=_settings(warmup_s, warmup_iters, min_s, min_iters, max_s))
+
+    def progress(step, detail):
+        err.print(f"[cyan]{step:>8}[/] {detail}", highlight=False, soft_wrap=True)
+
+    try:
+        result = deploy_run(run_dir, opts, progress)
+    except KeyboardInterrupt:
+        err.print("interrupted: rerun the same command; the transfer resumes and nothing "
+                  "unverified runs on the device")
+        sys.exit(130)
+    doc = result["document"]
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    out.print(_deploy_table(doc))
+    models = doc["models"]
+    for prec in ("", ".int8"):
+        t, s = models.get("teacher" + prec), models.get("student" + prec)
+        if t and s:
+            for rt, rs in zip(t["results"], s["results"], strict=True):
+                out.print(f"teacher/student{prec} at batch {rt['batch_size']}: "
+                          f"{rt['latency_ms']['p50'] / rs['latency_ms']['p50']:.2f}x (p50)", highlight=False)
+    for key, m in sorted(models.items()):
+        agreement = m["accuracy"].get("agreement")
+        if agreement is not None and agreement < 99.0:
+            err.print(f"[yellow]warning:[/] {key} agrees with the workstation on only {agreement:.1f} % of "
+                      "the samples", highlight=False)
+    for w in next(iter(models.values()))["environment"].get("warnings", []):
+        err.print(f"[yellow]warning:[/] {w}", highlight=False)
+    err.print(f"results: {result['path']}", highlight=False)
 
 
 def main():

@@ -87,11 +87,38 @@ class DistillConfig:
 
 
 @dataclass
+class IGConfig:
+    """Integrated-gradient maps of the teacher and the overlay augmentation (method `ig`)."""
+
+    p: float = 0.1  # probability of overlaying a training image with its map (the paper's best)
+    blend: float = 0.5  # x := (1 - blend) * x + blend * map
+    steps: int = 50  # the papers' Captum setting; digits: fewer (README: Decisions)
+    method: str = "gausslegendre"  # Captum's quadrature
+    target: str = "label"  # label | prediction (the teacher's top-1)
+    baseline: str = "zeros"  # zeros in the teacher's normalised space | blur | noise
+    dtype: str = "float16"  # float16 | uint8 (with a per-map scale)
+    internal_batch_size: int | None = None  # rows per teacher forward; None: from free memory
+    chunk_size: int = 256  # images per resumable, checksummed chunk
+    cache_dir: str | None = None  # None: RUN/ig/; else maps shared by runs, in a sub-folder
+    # named by what made them (experiments set it: one teacher, many runs, one computation)
+
+
+@dataclass
 class ExportConfig:
     enabled: bool = True  # experiments switch it off when only accuracy is wanted
-    opset: int = 18
+    target: str = "cpu"  # jetson-jp5 | jetson-jp6 | jetson-jp7 | cpu (edgekd.export.targets)
+    opset: int | None = None  # None: the target's default; one it cannot parse is refused
+    simplify: bool = False  # onnxslim, then the parity check (pip install 'edgekd[simplify]')
     parity_atol: float = 1e-3  # max |logit difference| ONNX vs PyTorch, scaled by logit range
     min_agreement: float = 99.0  # top-1 agreement (%) over the test split
+    # INT8 (ONNX Runtime static QDQ) of the student: off by default, since it adds a
+    # calibration pass and two evaluations to every run (README: INT8).
+    int8: bool = False
+    int8_teacher: bool = False  # the teacher too (for teacher.int8 vs student.int8 latency)
+    int8_method: str = "minmax"  # minmax | entropy | percentile
+    int8_calib_size: int = 256  # stratified training images, seeded by the run's seed
+    int8_max_drop: float = 1.0  # accuracy budget in percentage points (test split)
+    int8_exclude: list[str] = field(default_factory=list)  # node names / op types kept FP32
 
 
 @dataclass
@@ -108,12 +135,13 @@ class BenchConfig:
 class RunConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    method: str = "kd"
+    method: str = "indistill+kd+ig"  # the design card's main job
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     kd: KDConfig = field(default_factory=KDConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    ig: IGConfig = field(default_factory=IGConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
@@ -124,7 +152,13 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-METHODS = ("student", "kd", "at", "pkt", "fitnet", "indistill")
+METHODS = ("student", "kd", "ig", "at", "pkt", "fitnet", "indistill")
+IG_METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
+IG_TARGETS = ("label", "prediction")
+IG_BASELINES = ("zeros", "blur", "noise")
+IG_DTYPES = ("float16", "uint8")
+INT8_METHODS = ("minmax", "entropy", "percentile")
+DIGITS_IG_STEPS = 8
 
 
 def default_config(dataset: str = "digits") -> RunConfig:
@@ -135,6 +169,10 @@ def default_config(dataset: str = "digits") -> RunConfig:
         # Measured on a 2-core CPU: about 4 minutes end to end, student >= 95 % (README).
         for t in (cfg.teacher.train, cfg.student.train):
             t.epochs, t.schedule, t.lr = 8, "onecycle", 2e-3
+        # 50 IG steps would take longer than all the training here; 8 Gauss-Legendre steps
+        # approximate the 50-step maps (Pearson r 0.84, benchmarks/results/ig_convergence.json)
+        # at a sixth of the cost (README: Decisions).
+        cfg.ig.steps = DIGITS_IG_STEPS
     else:
         # CIFAR-scale: the papers' Adam lr 1e-3, batch 64; cosine instead of no schedule.
         cfg.teacher.train.epochs = 30
@@ -246,11 +284,15 @@ def validate(cfg: RunConfig) -> None:
         raise EdgeKDError(f"method {cfg.method!r}: 'student' (no teacher) cannot combine with other terms")
     if cfg.bench.enabled and not cfg.export.enabled:
         raise EdgeKDError("bench.enabled needs export.enabled (latency is measured on the ONNX files)")
+    _validate_export(cfg.export)
     d = cfg.distill
     if d.aux_teacher is not None and not is_known(d.aux_teacher):
         raise EdgeKDError(f"unknown auxiliary teacher {d.aux_teacher!r}: see `edgekd models`")
     if d.aux_teacher is not None and "indistill" not in methods:
         raise EdgeKDError("distill.aux_teacher is used by the InDistill warm-up: add indistill to the method")
+    if d.indistill_a < 1 or d.indistill_b < 0:
+        raise EdgeKDError("layer l warms up for distill.indistill_a + distill.indistill_b * l epochs: "
+                          "use indistill_a >= 1 and indistill_b >= 0")
     if d.indistill_max_layers < 1 or d.indistill_lr <= 0:
         raise EdgeKDError("distill.indistill_max_layers must be >= 1 and distill.indistill_lr > 0")
     for role in ("teacher", "student"):
@@ -263,12 +305,42 @@ def validate(cfg: RunConfig) -> None:
             raise EdgeKDError(f"{role}: epochs, batch size and lr must be positive")
         if not 0 <= t.label_smoothing < 1:
             raise EdgeKDError(f"{role} label smoothing must be in [0, 1)")
+    _validate_ig(cfg.ig)
     if not 0 <= cfg.kd.alpha <= 1 or cfg.kd.temperature <= 0:
         raise EdgeKDError("kd.alpha must be in [0, 1] and kd.temperature > 0")
     if cfg.data.train_subset is not None and not 0 < cfg.data.train_subset <= 1:
         raise EdgeKDError("data.train_subset must be in (0, 1]")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise EdgeKDError(f"device {cfg.device!r}: use auto, cpu, cuda or cuda:N")
+
+
+def _validate_export(e: ExportConfig) -> None:
+    from edgekd.export.targets import resolve_opset
+
+    resolve_opset(e.target, e.opset)
+    if e.int8_method not in INT8_METHODS:
+        raise EdgeKDError(f"export.int8_method {e.int8_method!r}: use one of {', '.join(INT8_METHODS)}")
+    if e.int8_calib_size < 1 or e.int8_max_drop < 0:
+        raise EdgeKDError("export.int8_calib_size must be >= 1 and export.int8_max_drop >= 0")
+    if (e.int8 or e.int8_teacher) and not e.enabled:
+        raise EdgeKDError("export.int8 needs export.enabled (INT8 is made from the ONNX export)")
+
+
+def _validate_ig(g: IGConfig) -> None:
+    if not 0 <= g.p <= 1:
+        raise EdgeKDError(f"ig.p (--ig-p) must be in [0, 1], got {g.p}: it is a probability")
+    if not 0 <= g.blend <= 1:
+        raise EdgeKDError(f"ig.blend (--ig-blend) must be in [0, 1], got {g.blend}")
+    if g.steps < 1:
+        raise EdgeKDError(f"ig.steps (--ig-steps) must be >= 1, got {g.steps}")
+    for key, value, allowed in (("method", g.method, IG_METHODS), ("target", g.target, IG_TARGETS),
+                                ("baseline", g.baseline, IG_BASELINES), ("dtype", g.dtype, IG_DTYPES)):
+        if value not in allowed:
+            raise EdgeKDError(f"ig.{key} {value!r}: use one of {', '.join(allowed)}")
+    if g.internal_batch_size is not None and g.internal_batch_size < 1:
+        raise EdgeKDError("ig.internal_batch_size must be >= 1 (or none for automatic)")
+    if g.chunk_size < 1:
+        raise EdgeKDError("ig.chunk_size must be >= 1")
 
 
 def _flatten(d: dict, prefix: str = ""):

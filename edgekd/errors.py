@@ -15,3 +15,12 @@ class ModelError(EdgeKDError):
 
 class RunDirError(EdgeKDError):
     """The run directory holds something that conflicts with the request."""
+
+
+class BenchError(EdgeKDError):
+    """A model to measure is missing, of an unknown kind, or cannot run with the settings given."""
+
+
+class ShipError(EdgeKDError):
+    """Shipping a run to a device failed (unreachable, refused, missing libraries, no space,
+    a crash there); nothing half-done is left that a later deploy would trust."""

@@ -46,10 +46,40 @@ def extract_cifar_subset(dest: Path, classes: list[str], n_train: int, n_test: i
     return dest
 
 
-# Small settings for end-to-end runs: tiny models at 16x16, few images, one or two epochs.
+# Small settings for end-to-end runs: tiny models at 16x16, few images, one or two epochs,
+# plain KD (the default method's IG and warm-up stages have their own tests).
 TINY = [
+    "--method", "kd",
     "--teacher-arch", "mbv2_cifar_w0.25", "--student", "mbv2_cifar_trunc13",
     "--input-size", "16", "--train-subset", "0.25", "--teacher-epochs", "1", "--epochs", "2",
     "--set", "bench.min_s=0.05", "--set", "bench.warmup_s=0.02", "--set", "bench.min_iters=3",
     "--set", "bench.batch_sizes=1,8",
 ]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One finished TINY digits run (ONNX exports, samples.npy + samples_labels.npy, bench.json),
+    shared by the bench and deploy tests; treat it as read-only (copy it to change it)."""
+    from click.testing import CliRunner
+
+    from edgekd.cli import cli
+
+    out = tmp_path_factory.mktemp("tiny-run") / "digits"
+    # KD only and the TorchScript exporter (opset 17): the fastest real run.
+    result = CliRunner().invoke(cli, ["compress", *TINY, "--method", "kd", "--epochs", "1",
+                                      "--set", "export.opset=17", "--out", str(out)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Some code under test sets torch's thread count (bench runners, experiment workers);
+    give the next test the count it would have had alone."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -64,3 +65,35 @@ def test_two_ranks_match_single_process(tmp_path):
     # rank 0 alone wrote the log: one line per epoch
     lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
+
+
+@pytest.mark.timeout(600)
+def test_compress_runs_under_torchrun(tmp_path):
+    """`torchrun -m edgekd compress`: every stage under two ranks (IG maps sharded, training
+    split over the ranks), rank 0 alone writing the run directory and printing."""
+    from tests.conftest import TINY
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-port", "29534", "-m", "edgekd", "compress", *TINY, "--method", "kd+ig",
+           "--ig-steps", "2", "--set", "ig.chunk_size=64", "--epochs", "2", "--no-bench",
+           "--set", "export.enabled=false", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("edgekd compress: digits") == 1  # one summary table, rank 0's
+    report = json.loads((out / "report.json").read_text())
+    assert report["method"] == "kd+ig" and report["student"]["accuracy"] > 0
+    ledger = json.loads((out / "state.json").read_text())
+    assert {"teacher", "ig", "student"} <= set(ledger)
+    # both ranks computed IG chunks, into one cache
+    assert ledger["ig"]["info"]["stats"]["chunks_by_rank"] == [3, 2]
+    # rank 0 alone wrote the metrics: one line per epoch and stage
+    stages = [(json.loads(x)["stage"], json.loads(x)["epoch"])
+              for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert stages == [("teacher", 1), ("student", 1), ("student", 2)]
+    # and the run is complete: rerunning it in one process skips every stage
+    again = subprocess.run([sys.executable, "-m", *cmd[8:]],
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "student skip" in " ".join(again.stderr.split())

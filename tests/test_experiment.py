@@ -12,6 +12,7 @@ from PIL import Image
 from edgekd.cli import cli
 from edgekd.experiment.retrieval import mean_average_precision
 from edgekd.experiment.stats import summarize, welch_p
+from edgekd.experiment.suites import PAPER_ABLATION
 from tests.conftest import TINY
 
 TINY_EXP = ["--teacher-arch", "mbv2_cifar_w0.25", "--student", "mbv2_cifar_trunc13",
@@ -35,15 +36,23 @@ def test_map_on_a_hand_computed_ranking():
 
 
 def test_ablation_end_to_end_and_resumable(tmp_path):
+    """The default ablation (the papers' methods, IG and InDistill included) x 2 seeds."""
     out = tmp_path / "exp"
-    args = ["experiment", "ablation", "--methods", "student,kd", "--seeds", "2", "--out", str(out),
-            *TINY_EXP, "--json"]
+    args = ["experiment", "ablation", "--seeds", "2", "--out", str(out), *TINY_EXP,
+            "--teacher-arch", "mbv2_cifar_w0.5", "--student", "mbv2_cifar_w0.25",  # prunable pair
+            "--set", "ig.steps=2", "--set", "distill.indistill_a=1", "--set", "distill.indistill_b=0",
+            "--json"]
     r = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output[r.output.index("{"):])
     rows = {row["label"]: row for row in doc["table"]["rows"]}
-    assert set(rows) == {"student", "kd"} and rows["kd"]["last_epoch"]["n"] == 2
-    assert "p_vs_student" in rows["kd"]
+    assert set(rows) == set(PAPER_ABLATION) and rows["kd"]["last_epoch"]["n"] == 2
+    assert "p_vs_student" in rows["kd"] and "p_vs_kd" in rows["kd+ig"]
+    # the runs with `ig` shared one computation of the maps
+    caches = list((out / "ig").iterdir())
+    assert len([c for c in caches if c.is_dir()]) == 1
+    report = json.loads((out / "runs" / "indistill_kd_ig" / "s1" / "report.json").read_text())
+    assert report["ig"]["cache"] == str([c for c in caches if c.is_dir()][0].resolve())
     for name in ("ablation.md", "ablation.json", "ablation.png"):
         assert (out / name).stat().st_size > 0
     assert "| kd | 2 |" in (out / "ablation.md").read_text()

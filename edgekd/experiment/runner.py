@@ -3,6 +3,8 @@
 Layout under the experiment directory:
 
     teacher/                 the shared teacher (trained once, or the given checkpoint)
+    ig/<id>/                 IG maps shared by the runs whose method has `ig` (one per
+                             teacher, training set and IG settings)
     runs/<label>/s<seed>/    one ordinary run directory per (variant, seed)
     results.json, results.md, *.png   written by edgekd.experiment.report
 
@@ -74,6 +76,9 @@ def run_grid(base: RunConfig, specs: list[RunSpec], out: Path, *, jobs: int = 1,
         cfg.teacher.checkpoint = str(teacher.resolve())
         for k, v in spec.overrides.items():
             apply_override(cfg, k, v)
+        if "ig" in cfg.method.split("+") and not cfg.ig.cache_dir:
+            # One teacher, one data set: the runs share the maps (computed once, locked).
+            cfg.ig.cache_dir = str((out / "ig").resolve())
         validate(cfg)
         todo.append((spec, cfg, out / "runs" / spec.label.replace("+", "_") / f"s{spec.seed}"))
 

@@ -1,8 +1,8 @@
-"""`edgekd compress`: data -> teacher -> student -> ONNX export -> latency -> report.
+"""`edgekd compress`: data -> teacher -> IG maps -> student -> ONNX export -> latency -> report.
 
 Each stage reads and writes the run directory and is skipped when the ledger says its output
-is valid for the current settings; training stages resume from their per-epoch checkpoint.
-Later stages (attribution maps, InDistill warm-up, INT8) slot in between these.
+is valid for the current settings; training stages resume from their per-epoch checkpoint,
+the IG maps from their first incomplete chunk. Later stages (INT8) slot in between these.
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ import dataclasses
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
-from edgekd import __version__
+from edgekd import __version__, distributed
 from edgekd.config import RunConfig, validate
 from edgekd.data import Dataset, load_dataset
 from edgekd.data.augment import AugmentSettings
@@ -25,15 +26,16 @@ from edgekd.data.dataset import stratified_split
 from edgekd.distill.indistill import InDistillObjective, auto_mapping, build_mapping
 from edgekd.distill.losses import DistillObjective, KDLoss
 from edgekd.distill.methods import LOSS_TERMS, build_terms, parse_pair
-from edgekd.errors import ModelError
+from edgekd.errors import EdgeKDError, ModelError
 from edgekd.export.onnx import export_onnx, parity_check
-from edgekd.io import atomic_path, sha256_file, write_json
+from edgekd.io import sha256_file, sha256_json, write_json
 from edgekd.models.profile import count_macs, count_params
 from edgekd.models.registry import Classifier, create_model, default_input_size
-from edgekd.pipeline.rundir import BENCH, METRICS, REPORT, SAMPLES, RunDir, stage_key
+from edgekd.pipeline.rundir import BENCH, METRICS, REPORT, SAMPLE_LABELS, SAMPLES, RunDir, stage_key
 from edgekd.train import checkpoint, engine
 
 WARMUP = "student.warmup.pt"
+IG_DIR = "ig"
 AUX = "aux_teacher.pt"
 
 
@@ -64,8 +66,10 @@ def compress(
 ) -> dict:
     """Run the whole pipeline into `out`; return the report (also written to report.json)."""
     validate(cfg)
-    device = engine.resolve_device(cfg.device)
-    reporter = reporter or _Silent()
+    # Under `torchrun` every rank runs this function: training stages split each batch over the
+    # ranks (edgekd.distributed), rank 0 alone writes the run directory, the others wait.
+    device = distributed.setup(engine.resolve_device(cfg.device))
+    reporter = reporter if reporter is not None and distributed.is_main() else _Silent()
     t0 = time.perf_counter()
     # Everything that can fail on user input is checked before the run directory is touched.
     reporter.stage("data", "start", cfg.data.dataset)
@@ -74,21 +78,47 @@ def compress(
         checkpoint.load_model(cfg.teacher.checkpoint, cfg.teacher.arch, data.num_classes,
                               "teacher checkpoint")
     run = RunDir(out)
-    status = run.open(cfg, resume=resume, force=force)
+    status = _on_main(lambda: run.open(cfg, resume=resume, force=force))
     ctx = Context(cfg, run, device, reporter, data=data)
     ctx.info["open"] = status
     stage_data(ctx)
     stage_teacher(ctx)
+    stage_ig(ctx)
     stage_aux_teacher(ctx)
     stage_warmup(ctx)
     stage_student(ctx)
-    if cfg.export.enabled:
-        stage_export(ctx)
-    if cfg.bench.enabled:
-        stage_bench(ctx)
-    report = build_report(ctx, wall_time_s=time.perf_counter() - t0)
-    write_json(run / REPORT, report)
-    return report
+
+    def finish() -> dict:
+        if cfg.export.enabled:
+            stage_export(ctx)
+        if cfg.export.enabled and (cfg.export.int8 or cfg.export.int8_teacher):
+            stage_quantize(ctx)
+        if cfg.bench.enabled:
+            stage_bench(ctx)
+        report = build_report(ctx, wall_time_s=time.perf_counter() - t0)
+        write_json(run / REPORT, report)
+        return report
+
+    return _on_main(finish)
+
+
+def _on_main(fn):
+    """Run `fn` on rank 0 only and hand its result (or its error) to every rank; just `fn()`
+    in a single process. Ranks never wait on a rank that has failed."""
+    if not distributed.active():
+        return fn()
+    outcome: tuple = ("ok", None)
+    if distributed.is_main():
+        try:
+            outcome = ("ok", fn())
+        except Exception as e:  # re-raised below, on every rank
+            outcome = ("error", e)
+    kind, value = distributed.broadcast_object(outcome)
+    if kind == "error":
+        if distributed.is_main():
+            raise value
+        raise EdgeKDError(f"rank 0 failed: {value}")
+    return value
 
 
 # ---- stages ------------------------------------------------------------------------------
@@ -111,7 +141,7 @@ def stage_data(ctx: Context) -> None:
     data = ctx.data
     size = data.input_size
     ctx.info["data"] = data.summary()
-    write_json(ctx.run / "data.json", ctx.info["data"])
+    _on_main(lambda: write_json(ctx.run / "data.json", ctx.info["data"]))
     sizes = ctx.info["data"]["sizes"]
     ctx.reporter.stage(
         "data", "done",
@@ -133,13 +163,14 @@ def _new_model(ctx: Context, role: str) -> Classifier:
     return create_model(arch, ctx.data.num_classes, ctx.data.mean, ctx.data.std)
 
 
-def _train(ctx: Context, stage: str, model, train_cfg, objective, key: str):
+def _train(ctx: Context, stage: str, model, train_cfg, objective, key: str,
+           transform: engine.BatchTransform | None = None):
     ckpt_dir = ctx.run / "ckpt"
     ckpt_dir.mkdir(exist_ok=True)
     return engine.train(
         model, ctx.data.train, ctx.data.val, ctx.data.test, train_cfg,
         stage=stage, seed=ctx.cfg.seed, device=ctx.device, objective=objective,
-        transform=engine.StandardAugment(_augment(ctx)),
+        transform=transform or engine.StandardAugment(_augment(ctx)),
         state_path=ckpt_dir / f"{stage}.state.pt", metrics_path=ctx.run / METRICS,
         settings_key=key, resume=True, tb_dir=ctx.run / "tb", callback=ctx.reporter,
     )
@@ -177,10 +208,13 @@ def stage_teacher(ctx: Context) -> None:
         result = _train(ctx, "teacher", model, tcfg.train,
                         engine.CrossEntropy(tcfg.train.label_smoothing), key)
         summary = {"source": "trained", **result.summary()}
-    checkpoint.save_model(model.cpu(), ctx.run / "teacher.pt", tcfg.arch, data.classes,
-                          input_size=data.input_size, dataset=data.name, training=summary)
-    ctx.run.mark_done("teacher", key, ["teacher.pt"], summary)
-    (ctx.run / "ckpt" / "teacher.state.pt").unlink(missing_ok=True)
+    def save():
+        checkpoint.save_model(model.cpu(), ctx.run / "teacher.pt", tcfg.arch, data.classes,
+                              input_size=data.input_size, dataset=data.name, training=summary)
+        ctx.run.mark_done("teacher", key, ["teacher.pt"], summary)
+        (ctx.run / "ckpt" / "teacher.state.pt").unlink(missing_ok=True)
+
+    _on_main(save)
     ctx.reporter.stage("teacher", "done", f"test top-1 {summary['last_epoch']['test_acc']:.2f} %")
 
 
@@ -194,6 +228,113 @@ def _frozen_teacher(ctx: Context, name: str = "teacher") -> Classifier:
     if ctx.cfg.student.train.channels_last:
         teacher.to(memory_format=torch.channels_last)
     return teacher
+
+
+# ---- IG maps -------------------------------------------------------------------------------
+IG_FILES = (f"{IG_DIR}/manifest.json", f"{IG_DIR}/maps.npy", f"{IG_DIR}/scales.npy")
+
+
+class _IGProgress:
+    """Turns the IG computation's plan and per-chunk progress into reporter calls."""
+
+    def __init__(self, reporter: Reporter):
+        self.reporter = reporter
+
+    def on_plan(self, info: dict) -> None:
+        for note in info["notes"]:
+            self.reporter.stage("ig", "note", note)
+        resumed = f", resuming at chunk {info['chunks'] - info['todo_chunks'] + 1}" if info["resumed"] else ""
+        ranks = f" x {info['world_size']} ranks" if info["world_size"] > 1 else ""
+        self.reporter.stage("ig", "start", f"{info['todo_images']} of {info['images']} maps on "
+                            f"{info['device']}{ranks}, {info['rows_per_forward']} rows per forward{resumed}")
+
+    def on_chunk(self, done_images: int, total_images: int, images_per_s: float) -> None:
+        show = getattr(self.reporter, "on_progress", None)
+        if show is not None:
+            show("ig", done_images, total_images, f"{images_per_s:.1f} img/s")
+
+
+def stage_ig(ctx: Context) -> None:
+    """Integrated-gradient maps of the frozen teacher for every training image, in index order,
+    into RUN/ig/ (edgekd.attribution); skipped when the cache there is complete and matches."""
+    if "ig" in ctx.cfg.method.split("+"):
+        compute_ig(ctx)
+
+
+def ig_folder(ctx: Context, ident: dict) -> Path:
+    """RUN/ig/, or with `ig.cache_dir` (experiments: one teacher, many runs) a folder under it
+    named by what makes the maps, so runs that need the same maps share one computation."""
+    if ctx.cfg.ig.cache_dir:
+        return Path(ctx.cfg.ig.cache_dir) / sha256_json(ident)[:16]
+    return ctx.run / IG_DIR
+
+
+@contextmanager
+def _exclusive(folder: Path):
+    """One process at a time fills a shared cache (parallel experiment runs); torchrun ranks
+    coordinate among themselves instead."""
+    if distributed.requested():
+        yield
+        return
+    import fcntl
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def compute_ig(ctx: Context, force: bool = False, progress=None):
+    """The IG stage's work (also `edgekd ig compute`): returns the ComputeResult."""
+    from edgekd.attribution.cache import dataset_identity
+    from edgekd.attribution.compute import compute_maps, identity
+    from edgekd.attribution.ig import IGSettings
+
+    cfg = ctx.cfg
+    g = cfg.ig
+    settings = IGSettings.from_config(g, cfg.seed)
+    teacher = _load_run_model(ctx, "teacher")
+    train = ctx.data.train
+    dataset = dataset_identity(ctx.data.name, ctx.data.classes, train.images, train.labels)
+    folder = ig_folder(ctx, identity(teacher, dataset, settings, g.dtype, g.chunk_size))
+    with _exclusive(folder):
+        result = compute_maps(folder, teacher, train, dataset, settings, dtype=g.dtype,
+                              chunk_size=g.chunk_size, rows=g.internal_batch_size, device=ctx.device,
+                              force=force, progress=progress or _IGProgress(ctx.reporter))
+    ctx.info["ig"] = result.content_id
+    ctx.info["ig_folder"] = folder
+    doc = result.manifest
+    distributed.barrier()  # rank 0 has recorded the last chunks in the manifest
+    if result.rank == 0 and not ctx.run.stage_valid("ig", result.content_id):
+        inside = folder == ctx.run / IG_DIR
+        info = {"cache": IG_DIR if inside else str(folder.resolve()),
+                "manifest": IG_FILES[0] if inside else str(folder.resolve() / "manifest.json"),
+                "content_id": result.content_id,
+                "settings": doc["settings"], "dtype": doc["dtype"], "shape": doc["shape"],
+                "teacher_sha256": doc["teacher_sha256"], "stats": doc.get("stats", {}),
+                "overlay": {"p": g.p, "blend": g.blend,
+                            "space": "raw [0, 1] student input, after crop/flip of image and map together"}}
+        ctx.run.mark_done("ig", result.content_id, list(IG_FILES) if inside else [], info)
+    if result.status == "valid":
+        ctx.reporter.stage("ig", "skip", f"{folder} is valid ({doc['shape'][0]} maps)")
+    else:
+        ctx.reporter.stage("ig", "done", f"{result.computed_images} maps in {result.seconds:.1f} s "
+                           f"({result.images_per_s:.1f} img/s)")
+    return result
+
+
+def _overlay(ctx: Context) -> engine.BatchTransform:
+    from edgekd.attribution.cache import CacheError, MapCache
+    from edgekd.attribution.overlay import IGOverlay
+
+    cache = MapCache(ctx.info["ig_folder"])
+    maps = cache.load(relative=True)  # re-verified: every chunk's checksum
+    if MapCache.content_id(cache.manifest()) != ctx.info["ig"]:
+        raise CacheError(f"{cache.folder} changed while the run was using it: rerun with --resume")
+    return IGOverlay(maps, _augment(ctx), ctx.cfg.ig.p, ctx.cfg.ig.blend)
 
 
 def stage_aux_teacher(ctx: Context) -> None:
@@ -215,10 +356,13 @@ def stage_aux_teacher(ctx: Context) -> None:
                                  task_weight=1.0 - cfg.kd.alpha)
     result = _train(ctx, "aux", model, tcfg, objective, key)
     summary = {"arch": arch, **result.summary()}
-    checkpoint.save_model(model.cpu(), ctx.run / AUX, arch, ctx.data.classes,
-                          input_size=ctx.data.input_size, dataset=ctx.data.name, training=summary)
-    ctx.run.mark_done("aux", key, [AUX], summary)
-    (ctx.run / "ckpt" / "aux.state.pt").unlink(missing_ok=True)
+    def save():
+        checkpoint.save_model(model.cpu(), ctx.run / AUX, arch, ctx.data.classes,
+                              input_size=ctx.data.input_size, dataset=ctx.data.name, training=summary)
+        ctx.run.mark_done("aux", key, [AUX], summary)
+        (ctx.run / "ckpt" / "aux.state.pt").unlink(missing_ok=True)
+
+    _on_main(save)
     ctx.reporter.stage("aux", "done", f"test top-1 {summary['last_epoch']['test_acc']:.2f} %")
 
 
@@ -254,10 +398,13 @@ def stage_warmup(ctx: Context) -> None:
         "curriculum": [{"layer": p.student, "epochs": [a, b]} for p, (a, b) in zip(mapping, objective.spans, strict=True)],
         "final_mse": result.last["train_loss"],
     }
-    checkpoint.save_model(model.cpu(), ctx.run / WARMUP, scfg.arch, ctx.data.classes,
-                          input_size=ctx.data.input_size, dataset=ctx.data.name, warmup=summary)
-    ctx.run.mark_done("warmup", key, [WARMUP], summary)
-    (ctx.run / "ckpt" / "warmup.state.pt").unlink(missing_ok=True)
+    def save():
+        checkpoint.save_model(model.cpu(), ctx.run / WARMUP, scfg.arch, ctx.data.classes,
+                              input_size=ctx.data.input_size, dataset=ctx.data.name, warmup=summary)
+        ctx.run.mark_done("warmup", key, [WARMUP], summary)
+        (ctx.run / "ckpt" / "warmup.state.pt").unlink(missing_ok=True)
+
+    _on_main(save)
     ctx.reporter.stage("warmup", "done", f"feature MSE {summary['final_mse']:.4f}")
 
 
@@ -266,9 +413,12 @@ def stage_student(ctx: Context) -> None:
     scfg = cfg.student
     methods = cfg.method.split("+")
     init = ctx.run.output_hash(WARMUP) if "indistill" in methods else None
+    # With overlays the student depends on the maps themselves (their content id), not only
+    # on the settings that made them.
+    ig = [cfg.ig.__dict__, ctx.info["ig"]] if "ig" in methods else []
     key = stage_key("student", scfg.arch, scfg.train.__dict__, cfg.method, cfg.kd.__dict__,
                     cfg.distill.__dict__, init, ctx.run.output_hash("teacher.pt"),
-                    ctx.data.fingerprint(), cfg.seed, ctx.device.type, _augment(ctx).__dict__)
+                    ctx.data.fingerprint(), cfg.seed, ctx.device.type, _augment(ctx).__dict__, *ig)
     if ctx.run.stage_valid("student", key):
         ctx.reporter.stage("student", "skip", "student.pt is valid")
         return
@@ -283,37 +433,95 @@ def stage_student(ctx: Context) -> None:
         objective = DistillObjective(teacher, terms, task_weight=task_weight, label_smoothing=ls)
     else:
         objective = engine.CrossEntropy(ls)
-    result = _train(ctx, "student", model, scfg.train, objective, key)
+    transform = _overlay(ctx) if "ig" in methods else None
+    result = _train(ctx, "student", model, scfg.train, objective, key, transform)
     summary = {"method": cfg.method, **result.summary()}
-    checkpoint.save_model(model.cpu(), ctx.run / "student.pt", scfg.arch, ctx.data.classes,
-                          input_size=ctx.data.input_size, dataset=ctx.data.name,
-                          method=cfg.method, training=summary)
-    ctx.run.mark_done("student", key, ["student.pt"], summary)
-    (ctx.run / "ckpt" / "student.state.pt").unlink(missing_ok=True)
+    def save():
+        checkpoint.save_model(model.cpu(), ctx.run / "student.pt", scfg.arch, ctx.data.classes,
+                              input_size=ctx.data.input_size, dataset=ctx.data.name,
+                              method=cfg.method, training=summary)
+        ctx.run.mark_done("student", key, ["student.pt"], summary)
+        (ctx.run / "ckpt" / "student.state.pt").unlink(missing_ok=True)
+
+    _on_main(save)
     ctx.reporter.stage("student", "done", f"test top-1 {summary['last_epoch']['test_acc']:.2f} %")
 
 
 def stage_export(ctx: Context) -> None:
-    opset = ctx.cfg.export.opset
+    """Both models to ONNX for the configured target (opset, IR version), optionally
+    simplified, each followed by the parity check against PyTorch on the test split."""
+    from edgekd.export.targets import resolve_opset
+
     e = ctx.cfg.export
+    opset, ir_version = resolve_opset(e.target, e.opset)
     key = stage_key("export", ctx.run.output_hash("teacher.pt"), ctx.run.output_hash("student.pt"),
-                    opset, e.parity_atol, e.min_agreement, ctx.data.fingerprint())
+                    opset, e.parity_atol, e.min_agreement, ctx.data.fingerprint(),
+                    *([e.target, ir_version, e.simplify] if (e.target, e.simplify) != ("cpu", False) else []))
     if ctx.run.stage_valid("export", key):
         ctx.reporter.stage("export", "skip", "student.onnx is valid")
         return
     info = {}
+    files = []
     for name in ("student", "teacher"):
-        ctx.reporter.stage("export", "start", f"{name}.onnx (opset {opset})")
+        ctx.reporter.stage("export", "start", f"{name}.onnx ({e.target}: opset {opset}, IR {ir_version}"
+                           f"{', simplified' if e.simplify else ''})")
         model = _load_run_model(ctx, name)
         meta = {"classes": ctx.data.classes, "source_sha256": ctx.run.output_hash(f"{name}.pt"),
-                "arch": getattr(ctx.cfg, name).arch, "role": name}
-        export_onnx(model, ctx.run / f"{name}.onnx", ctx.data.input_size, opset, meta)
+                "arch": getattr(ctx.cfg, name).arch, "role": name, "target": e.target,
+                "dataset": ctx.data.name}
+        contract = export_onnx(model, ctx.run / f"{name}.onnx", ctx.data.input_size, opset, meta,
+                               ir_version=ir_version, simplify=e.simplify)
+        files += [f"{name}.onnx"] + ([contract["external_data"]] if contract["external_data"] else [])
+        # An INT8 file quantized from the previous export no longer matches this one.
+        (ctx.run / f"{name}.int8.onnx").unlink(missing_ok=True)
         info[name] = parity_check(model, ctx.run / f"{name}.onnx", ctx.data.test.images,
                                   e.parity_atol, e.min_agreement)
-    ctx.run.mark_done("export", key, ["student.onnx", "teacher.onnx"], {"parity": info})
+        if contract.get("simplified"):
+            info[name]["simplified"] = contract["simplified"]
+    target = {"target": e.target, "opset": opset, "ir_version": ir_version}
+    ctx.run.mark_done("export", key, files, {"parity": info, **target})
     p = info["student"]
     ctx.reporter.stage("export", "done", f"parity: max |diff| {p['max_abs_diff']:.2e}, "
                        f"top-1 agreement {p['top1_agreement']:.2f} %")
+
+
+def stage_quantize(ctx: Context) -> None:
+    """INT8 QDQ ONNX of the student (and of the teacher with export.int8_teacher) with ONNX
+    Runtime static calibration on RUN/calib/; over the accuracy budget the run stops."""
+    from edgekd.export.quantize import (
+        CALIB_DIR,
+        int8_path,
+        pixels,
+        quantize_onnx,
+        write_run_calibset,
+    )
+
+    e = ctx.cfg.export
+    names = ["student"] + (["teacher"] if e.int8_teacher else [])
+    key = stage_key("quantize", *[ctx.run.output_hash(f"{n}.onnx") for n in names], e.int8_method,
+                    e.int8_calib_size, e.int8_max_drop, e.int8_exclude, ctx.cfg.seed,
+                    ctx.data.fingerprint())
+    if ctx.run.stage_valid("quantize", key):
+        ctx.reporter.stage("int8", "skip", "student.int8.onnx is valid")
+        return
+    ctx.reporter.stage("int8", "start", f"{e.int8_method} calibration on {e.int8_calib_size} "
+                       "training images")
+    calib = write_run_calibset(ctx.run / CALIB_DIR, ctx.data, e.int8_calib_size, ctx.cfg.seed)
+    x, y = pixels(ctx.data.test.images), ctx.data.test.labels.numpy()
+    info = {}
+    for name in names:
+        info[name] = quantize_onnx(ctx.run / f"{name}.onnx", int8_path(ctx.run / f"{name}.onnx"),
+                                   ctx.run / CALIB_DIR, x, y, e.int8_method, e.int8_max_drop,
+                                   e.int8_exclude)
+        info[name]["out_path"] = int8_path(f"{name}.onnx").name
+        info[name]["calibration"]["dir"] = CALIB_DIR
+    files = [f"{CALIB_DIR}/calib.json", f"{CALIB_DIR}/images.npy", f"{CALIB_DIR}/labels.npy",
+             *[int8_path(f"{n}.onnx").name for n in names]]
+    ctx.run.mark_done("quantize", key, files, {"calibration": {"count": calib["count"],
+                      "seed": calib["seed"]}, **info})
+    a = info["student"]["accuracy"]
+    ctx.reporter.stage("int8", "done", f"student top-1 {a['fp32_top1']:.2f} % -> {a['int8_top1']:.2f} % "
+                       f"(-{a['drop_pp']:.2f} pp, budget {e.int8_max_drop} pp)")
 
 
 def stage_bench(ctx: Context) -> None:
@@ -321,10 +529,9 @@ def stage_bench(ctx: Context) -> None:
 
     bench.json holds one `edgekd.bench` document (deploy/SCHEMA.md) per model.
     """
-    import numpy as np
-
     from deploy.bench import run_bench
     from deploy.harness import MeasureSettings
+    from edgekd.pipeline.samples import save_npy, test_samples
 
     b = ctx.cfg.bench
     key = stage_key("bench", ctx.run.output_hash("student.onnx"), ctx.run.output_hash("teacher.onnx"),
@@ -335,11 +542,11 @@ def stage_bench(ctx: Context) -> None:
     threads = b.threads or os.cpu_count() or 1
     settings = MeasureSettings(warmup_s=b.warmup_s, warmup_iters=3, min_iters=b.min_iters,
                                min_s=b.min_s)
-    # Real test images, enough to fill the largest batch twice; kept for on-device runs too.
-    samples = ctx.data.test.images[: max(b.batch_sizes) * 2].float().div(255.0).numpy()
-    with atomic_path(ctx.run / SAMPLES) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, samples)
+    # Real test images, enough to fill the largest batch twice; kept, with their labels, for
+    # on-device runs and accuracy checks (edgekd deploy).
+    samples, labels = test_samples(ctx.data, max(b.batch_sizes) * 2)
+    save_npy(ctx.run / SAMPLES, samples)
+    save_npy(ctx.run / SAMPLE_LABELS, labels)
     docs = {}
     for name in ("teacher", "student"):
         ctx.reporter.stage("bench", "start", f"{name}: batch {', '.join(map(str, b.batch_sizes))}, "
@@ -348,7 +555,7 @@ def stage_bench(ctx: Context) -> None:
                                b.batch_sizes, settings, {"intra_op_threads": threads})
     doc = {"schema": "edgekd.run-bench", "schema_version": 1, "where": "local", "models": docs}
     write_json(ctx.run / BENCH, doc)
-    ctx.run.mark_done("bench", key, [BENCH, SAMPLES], {})
+    ctx.run.mark_done("bench", key, [BENCH, SAMPLES, SAMPLE_LABELS], {})
     ctx.reporter.stage("bench", "done", f"{len(b.batch_sizes)} batch sizes, {threads} threads")
 
 
@@ -392,7 +599,8 @@ def build_report(ctx: Context, wall_time_s: float) -> dict:
     teacher, student = _model_entry(ctx, "teacher"), _model_entry(ctx, "student")
     artifacts = {
         name: name for name in ("config.yaml", "teacher.pt", "student.pt", "student.onnx",
-                                "teacher.onnx", AUX, WARMUP, METRICS, BENCH, SAMPLES, "data.json")
+                                "teacher.onnx", "student.int8.onnx", "teacher.int8.onnx", AUX, WARMUP, METRICS, BENCH, SAMPLES, SAMPLE_LABELS, "data.json",
+                                *IG_FILES)
         if (ctx.run / name).exists()
     }
     return {
@@ -408,6 +616,8 @@ def build_report(ctx: Context, wall_time_s: float) -> dict:
         "compression_factor": round(teacher["params"] / student["params"], 2),
         "mac_reduction": round(teacher["macs"] / student["macs"], 2),
         "export": ctx.run.stage_info("export"),
+        **({"int8": ctx.run.stage_info("quantize")} if ctx.run.stage_info("quantize") else {}),
+        **({"ig": ctx.run.stage_info("ig")} if "ig" in ctx.cfg.method.split("+") else {}),
         "latency": _latency_summary(ctx),
         "artifacts": artifacts,
         "wall_time_s": round(wall_time_s, 1),

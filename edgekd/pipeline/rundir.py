@@ -22,6 +22,7 @@ from edgekd.io import sha256_file, sha256_json, write_json, write_text
 CONFIG, STATE, METRICS, REPORT, BENCH, SAMPLES = (
     "config.yaml", "state.json", "metrics.jsonl", "report.json", "bench.json", "samples.npy",
 )
+SAMPLE_LABELS = "samples_labels.npy"  # the classes of samples.npy (on-device accuracy checks)
 
 
 def _versions() -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgekd.config import config_from_dict
+from edgekd.config import apply_override, config_from_dict, validate
 from edgekd.errors import RunDirError
 from edgekd.pipeline import compress as pipeline
 from edgekd.pipeline.rundir import CONFIG, RunDir
@@ -22,12 +22,143 @@ def open_run(run_dir: str | Path) -> pipeline.Context:
     return ctx
 
 
-def export_run(run_dir: str | Path, opset: int | None = None) -> dict:
+def export_run(run_dir: str | Path, opset: int | None = None, target: str | None = None,
+               simplify: bool | None = None) -> dict:
+    """Re-export a run's teacher and student (edgekd export); `target` picks opset and IR
+    version (edgekd.export.targets), an explicit `opset` it cannot parse is refused."""
     ctx = open_run(run_dir)
     for name in ("teacher.pt", "student.pt"):
         if not (ctx.run / name).exists():
             raise RunDirError(f"{run_dir} has no {name}: finish the run first (edgekd compress --resume)")
+    if target is not None:
+        ctx.cfg.export.target = target
+        if opset is None:
+            ctx.cfg.export.opset = None  # the target's default, not the run's
     if opset is not None:
         ctx.cfg.export.opset = opset
+    if simplify is not None:
+        ctx.cfg.export.simplify = simplify
+    validate(ctx.cfg)
     pipeline.stage_export(ctx)
     return ctx.run.stage_info("export")
+
+
+def quantize_run(
+    source: str | Path,
+    out: str | Path | None = None,
+    method: str = "minmax",
+    max_drop: float = 1.0,
+    exclude: tuple[str, ...] | list[str] = (),
+    calib_size: int | None = None,
+    calib: str | Path | None = None,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    seed: int | None = None,
+    model: str = "student",
+) -> dict:
+    """INT8 QDQ ONNX of a run's `model` (RUN_DIR) or of an exported .onnx file, with its
+    accuracy on the test split against FP32 (edgekd quantize).
+
+    A run writes its calibration set to RUN/calib/ (stratified over the training split,
+    seeded with the run's seed); a lone .onnx file takes `calib` (an existing set) or builds
+    one from `dataset` (default: the data set named in the model's metadata).
+    """
+    from edgekd.data import load_dataset
+    from edgekd.export.onnx import read_contract
+    from edgekd.export.quantize import (
+        CALIB_DIR,
+        int8_path,
+        pixels,
+        quantize_onnx,
+        write_run_calibset,
+    )
+
+    source = Path(source)
+    n = calib_size if calib_size is not None else 256
+    if source.is_dir():
+        ctx = open_run(source)
+        fp32 = ctx.run / f"{model}.onnx"
+        if not fp32.is_file():
+            raise RunDirError(f"{source} has no {model}.onnx: run `edgekd export {source}` first")
+        data, seed = ctx.data, ctx.cfg.seed if seed is None else seed
+        default_calib = ctx.run / CALIB_DIR
+    elif source.suffix == ".onnx" and source.is_file():
+        fp32 = source
+        contract = read_contract(fp32)
+        spec = dataset or contract.get("dataset")
+        if not spec:
+            raise RunDirError(f"{source.name} does not say which data set it was trained on: "
+                              "pass --dataset (digits | cifar10 | imagefolder:PATH)")
+        size = int(contract["input_shape"][-1]) if contract.get("input_shape") else None
+        data = load_dataset(spec, size, data_dir)
+        seed = 0 if seed is None else seed
+        default_calib = fp32.with_name(fp32.name.removesuffix(".onnx") + ".calib")
+    else:
+        raise RunDirError(f"{source} is neither a run directory nor an .onnx file: pass one of them")
+    if calib is None:
+        calib = default_calib
+        write_run_calibset(calib, data, n, seed)
+    target = Path(out) if out else int8_path(fp32)
+    info = quantize_onnx(fp32, target, calib, pixels(data.test.images), data.test.labels.numpy(),
+                         method, max_drop, list(exclude))
+    info["model"] = str(fp32)
+    return info
+
+
+def _teacher_run(run_dir: str | Path, device: str | None = None) -> pipeline.Context:
+    ctx = open_run(run_dir)
+    if not (ctx.run / "teacher.pt").is_file():
+        raise RunDirError(f"{run_dir} has no teacher.pt: run `edgekd compress --out {run_dir}` first "
+                          "(it trains or loads the teacher)")
+    if device is not None:
+        ctx.cfg.device = device
+        validate(ctx.cfg)
+    ctx.device = engine.resolve_device(ctx.cfg.device)
+    return ctx
+
+
+def ig_compute_run(run_dir: str | Path, overrides: dict | None = None, device: str | None = None,
+                   force: bool = False, progress=None) -> dict:
+    """Compute, resume or check RUN/ig/ with the run's IG settings (`overrides`: dotted keys).
+
+    Settings that differ from the run's make a cache that `compress` of this run will refuse
+    as stale; that is how to study other settings without touching the run's record.
+    """
+    ctx = _teacher_run(run_dir, device)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            apply_override(ctx.cfg, key, value)
+    validate(ctx.cfg)
+    result = pipeline.compute_ig(ctx, force=force, progress=progress)
+    doc = result.manifest
+    return {
+        "run": str(run_dir), "cache": str(ctx.info["ig_folder"]), "status": result.status,
+        "maps": doc["shape"][0], "shape": doc["shape"], "dtype": doc["dtype"],
+        "settings": doc["settings"], "computed_images": result.computed_images,
+        "seconds": round(result.seconds, 3), "images_per_s": round(result.images_per_s, 3),
+        "rows_per_forward": result.rows_per_forward, "world_size": result.world_size,
+        "content_id": result.content_id, "notes": result.notes,
+    }
+
+
+def ig_show_run(run_dir: str | Path, samples: int = 10, out: str | Path | None = None) -> dict:
+    """PNG grid (image | map | overlay) of `samples` training images of a run, classes in turn.
+
+    The cache must belong to this run's training images and teacher (its settings may differ).
+    """
+    from edgekd.attribution.cache import MapCache, dataset_identity, weights_sha256
+    from edgekd.attribution.show import grid_png, pick_indices
+
+    ctx = _teacher_run(run_dir, "cpu")
+    train = ctx.data.train
+    teacher = pipeline._load_run_model(ctx, "teacher")
+    expected = {"teacher_sha256": weights_sha256(teacher),
+                "dataset": dataset_identity(ctx.data.name, ctx.data.classes, train.images, train.labels)}
+    recorded = (ctx.run.stage_info("ig") or {}).get("cache")
+    folder = ctx.run / pipeline.IG_DIR if recorded in (None, pipeline.IG_DIR) else Path(recorded)
+    maps = MapCache(folder).load(expected, check=("dataset", "teacher_sha256"))
+    idx = pick_indices(train.labels, samples)
+    captions = [f"#{i}  label {ctx.data.classes[int(train.labels[i])]}" for i in idx]
+    path = Path(out) if out else ctx.run / "ig_grid.png"
+    grid_png(path, train.images[idx], maps[idx], captions, blend=ctx.cfg.ig.blend)
+    return {"png": str(path), "indices": idx}

@@ -1,0 +1,305 @@
+"""ONNX -> serialized TensorRT engine (FP32, FP16, INT8), on the device that will run it.
+
+TensorRT 8.6, 10 and 11 are told apart at run time by what the `tensorrt` module offers,
+not by parsing its version alone (`detect_api`): build_serialized_network, memory pool
+limits (set_memory_pool_limit; max_workspace_size before 8.4), the EXPLICIT_BATCH network
+flag (needed before 10, deprecated in 10, gone in 11), strongly typed networks, timing
+caches, INT8 calibrators (TensorRT <= 10) and builder precision flags.
+
+INT8 comes one of two ways:
+- explicit: the ONNX holds Q/DQ nodes (`edgekd quantize` for a jetson target writes them
+  TensorRT-style: symmetric, zero point 0). TensorRT 8.6/10 build it with BuilderFlag.INT8;
+  TensorRT 11, where that flag is gone, as a strongly typed network. The only INT8 route on 11.
+- implicit (TensorRT <= 10): an FP32 ONNX plus a calibration set folder (calibration/'s
+  format) fed to IInt8EntropyCalibrator2, with its cache file beside the engine.
+
+The dynamic batch axis gets one optimisation profile (min 1, opt `opt_batch`, max
+`max_batch`); a timing cache file makes rebuilds fast. Engines are keyed by (ONNX sha256,
+TensorRT version, GPU name, precision): they only run where they were built.
+
+NOT RUN ON A DEVICE YET: tensorrt cannot be installed on the machines this was written on.
+Its tests drive it with stand-in `tensorrt` modules (tests/test_trt_build.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import tempfile
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .errors import DeployError, RunnerUnavailable
+
+PRECISIONS = ("fp32", "fp16", "int8")
+INSTALL_HINT = (
+    "install TensorRT's Python bindings: on a Jetson `sudo apt install python3-libnvinfer` "
+    "(part of JetPack), elsewhere `pip install tensorrt`"
+)
+
+
+class TrtBuildError(DeployError):
+    """The engine could not be built from this model with these settings."""
+
+
+def import_tensorrt() -> Any:
+    """The tensorrt module, or RunnerUnavailable naming what to install."""
+    try:
+        return importlib.import_module("tensorrt")
+    except (ImportError, OSError) as e:  # OSError: bindings present, libnvinfer missing
+        raise RunnerUnavailable("building a TensorRT engine needs tensorrt (%s): %s"
+                                % (e, INSTALL_HINT)) from None
+
+
+def _version(trt: Any) -> Tuple[int, int]:
+    parts = (str(getattr(trt, "__version__", "0")).split(".") + ["0"])[:2]
+    try:
+        return int(parts[0]), int(parts[1])
+    except ValueError:
+        raise TrtBuildError("cannot parse the TensorRT version %r" % trt.__version__) from None
+
+
+def detect_api(trt: Any) -> Dict[str, Any]:
+    """What this TensorRT offers, from the module's own attributes."""
+    major, minor = _version(trt)
+    flags = getattr(trt, "NetworkDefinitionCreationFlag", None)
+    builder_flags = getattr(trt, "BuilderFlag", None)
+    config_cls = getattr(trt, "IBuilderConfig", None)
+    return {
+        "version": str(trt.__version__),
+        "major": major,
+        "minor": minor,
+        "build_serialized_network": hasattr(getattr(trt, "Builder", None), "build_serialized_network"),
+        "memory_pool": hasattr(config_cls, "set_memory_pool_limit"),
+        # Implicit batch is gone since 10: the flag is ignored there and absent in 11.
+        "explicit_batch_flag": major < 10 and hasattr(flags, "EXPLICIT_BATCH"),
+        "strongly_typed": hasattr(flags, "STRONGLY_TYPED"),
+        "timing_cache": hasattr(config_cls, "create_timing_cache"),
+        "named_tensors": hasattr(getattr(trt, "ICudaEngine", None), "num_io_tensors"),
+        "fp16_flag": hasattr(builder_flags, "FP16"),
+        "int8_flag": hasattr(builder_flags, "INT8"),
+        "calibrator": major < 11 and hasattr(trt, "IInt8EntropyCalibrator2"),
+    }
+
+
+def engine_key(onnx_sha256: str, trt_version: str, device: str, precision: str) -> str:
+    """The cache key of an engine: 24 hex digits of the sha256 of the four facts as JSON.
+
+    Identical to deploy.run_bundle.engine_for's key document, so both name the same file.
+    """
+    doc = {"onnx_sha256": onnx_sha256, "tensorrt": trt_version, "device": device,
+           "precision": precision}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def profile_shapes(shape: Sequence[int], max_batch: int = 64, opt_batch: int = 1
+                   ) -> Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]:
+    """(min, opt, max) shapes for an input whose only dynamic axis is the batch (dim 0)."""
+    shape = tuple(int(d) for d in shape)
+    if not shape:
+        raise TrtBuildError("a scalar input cannot take a batch profile")
+    if any(d < 0 for d in shape[1:]):
+        raise TrtBuildError("input shape %s has dynamic axes besides the batch: export with a "
+                            "fixed image size" % (shape,))
+    if not 1 <= opt_batch <= max_batch:
+        raise TrtBuildError("need 1 <= opt_batch (%d) <= max_batch (%d)" % (opt_batch, max_batch))
+    if shape[0] >= 0:  # a fixed batch: the profile is that shape
+        return shape, shape, shape
+    rest = shape[1:]
+    return (1,) + rest, (opt_batch,) + rest, (max_batch,) + rest
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _parse(trt: Any, network: Any, logger: Any, onnx_path: str) -> None:
+    parser = trt.OnnxParser(network, logger)
+    if hasattr(parser, "parse_from_file"):  # resolves external weights beside the file
+        ok = parser.parse_from_file(onnx_path)
+    else:
+        with open(onnx_path, "rb") as f:
+            ok = parser.parse(f.read())
+    if not ok:
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        first = errors[0].splitlines()[0] if errors else "no error reported"
+        raise TrtBuildError("TensorRT %s cannot parse %s: %s (%d error(s)); export for this "
+                            "device's target (edgekd export --target jetson-jp5|jetson-jp6|jetson-jp7)"
+                            % (trt.__version__, os.path.basename(onnx_path), first, len(errors)))
+
+
+def _has_qdq(trt: Any, network: Any) -> bool:
+    kinds = {getattr(trt.LayerType, n, None) for n in ("QUANTIZE", "DEQUANTIZE")} - {None}
+    return any(network.get_layer(i).type in kinds for i in range(network.num_layers))
+
+
+def _inputs(network: Any) -> List[Tuple[str, Tuple[int, ...]]]:
+    return [(network.get_input(i).name, tuple(network.get_input(i).shape))
+            for i in range(network.num_inputs)]
+
+
+def _profile(builder: Any, inputs, max_batch: int, opt_batch: int):
+    profile = builder.create_optimization_profile()
+    shapes = {}
+    for name, shape in inputs:
+        lo, opt, hi = profile_shapes(shape, max_batch, opt_batch)
+        profile.set_shape(name, lo, opt, hi)
+        shapes[name] = {"min": list(lo), "opt": list(opt), "max": list(hi)}
+    return profile, shapes
+
+
+def build_engine(
+    onnx_path: str,
+    engine_path: str,
+    precision: str = "fp16",
+    max_batch: int = 64,
+    opt_batch: int = 1,
+    calib_dir: Optional[str] = None,
+    calib_batch: int = 8,
+    workspace_mb: int = 1024,
+    timing_cache: Optional[str] = None,
+) -> Dict[str, Any]:
+    """Build and serialize an engine for `onnx_path` into `engine_path` (written atomically).
+
+    INT8 uses the model's Q/DQ nodes when it has them, else (TensorRT <= 10) an entropy
+    calibrator over the set in `calib_dir`; returns what was built and how.
+    """
+    if precision not in PRECISIONS:
+        raise TrtBuildError("unknown precision %r: use one of %s" % (precision, ", ".join(PRECISIONS)))
+    if not os.path.isfile(onnx_path):
+        raise TrtBuildError("no ONNX model at %s" % onnx_path)
+    trt = import_tensorrt()
+    api = detect_api(trt)
+    if not api["build_serialized_network"]:
+        raise RunnerUnavailable("TensorRT %s is older than 8.0 (no build_serialized_network): "
+                                "use JetPack 5.1 or later" % api["version"])
+    t0 = time.perf_counter()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+
+    def network_with(flag_names: Sequence[str]):
+        flags = 0
+        for name in flag_names:
+            flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
+        net = builder.create_network(flags)
+        _parse(trt, net, logger, onnx_path)
+        return net
+
+    base_flags = ["EXPLICIT_BATCH"] if api["explicit_batch_flag"] else []
+    network = network_with(base_flags)
+    explicit = _has_qdq(trt, network)
+    config = builder.create_builder_config()
+    workspace = int(workspace_mb) << 20
+    if api["memory_pool"]:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
+    else:
+        config.max_workspace_size = workspace
+    info: Dict[str, Any] = {"precision": precision, "tensorrt": api["version"],
+                            "explicit_quantization": explicit, "calibration_cache": None}
+    if precision == "fp32" and explicit:
+        raise TrtBuildError("%s holds Q/DQ nodes (an INT8 model): build it with precision int8"
+                            % os.path.basename(onnx_path))
+    if precision == "fp16":
+        if not api["fp16_flag"]:
+            raise TrtBuildError("TensorRT %s has no FP16 builder flag (strongly typed networks "
+                                "only): export an FP16 ONNX or build fp32" % api["version"])
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif precision == "int8":
+        if explicit and api["int8_flag"]:
+            config.set_flag(trt.BuilderFlag.INT8)  # TensorRT 8.6/10: Q/DQ need the flag
+            if api["fp16_flag"]:
+                config.set_flag(trt.BuilderFlag.FP16)  # layers left unquantized may use FP16
+        elif explicit and api["strongly_typed"]:
+            # TensorRT 11: no INT8 flag; the Q/DQ nodes alone fix every tensor's type.
+            network = network_with(base_flags + ["STRONGLY_TYPED"])
+            info["strongly_typed"] = True
+        elif explicit:
+            raise TrtBuildError("TensorRT %s offers neither BuilderFlag.INT8 nor strongly typed "
+                                "networks for this Q/DQ model" % api["version"])
+        elif not api["calibrator"]:
+            raise TrtBuildError(
+                "TensorRT %s has no INT8 calibrators and %s has no Q/DQ nodes: quantize it for "
+                "TensorRT first (edgekd quantize MODEL.onnx on a jetson target writes Q/DQ)"
+                % (api["version"], os.path.basename(onnx_path)))
+        elif calib_dir is None:
+            raise TrtBuildError(
+                "INT8 from the FP32 model %s needs a calibration set (calib_dir, the run's calib/ "
+                "folder) or a Q/DQ model (student.int8.onnx)" % os.path.basename(onnx_path))
+        else:
+            from calibration import load_calibset, make_entropy_calibrator
+
+            images = load_calibset(calib_dir, mmap=True).images
+            cache = engine_path + ".calib.cache"
+            calibrator = make_entropy_calibrator(images, calib_batch, cache)
+            config.set_flag(trt.BuilderFlag.INT8)
+            config.int8_calibrator = calibrator
+            # The calibrator feeds fixed batches of calib_batch: a profile of exactly that.
+            calib_profile = builder.create_optimization_profile()
+            for name, shape in _inputs(network):
+                fixed = profile_shapes(shape, calib_batch, calib_batch)[2]
+                calib_profile.set_shape(name, fixed, fixed, fixed)
+            config.set_calibration_profile(calib_profile)
+            info["calibration_cache"] = os.path.basename(cache)
+            info["calibration_images"] = int(len(images))
+
+    profile, info["profile"] = _profile(builder, _inputs(network), max_batch, opt_batch)
+    config.add_optimization_profile(profile)
+
+    cache_obj = None
+    if timing_cache and api["timing_cache"]:
+        data = b""
+        if os.path.isfile(timing_cache):
+            with open(timing_cache, "rb") as f:
+                data = f.read()
+        cache_obj = config.create_timing_cache(data)
+        config.set_timing_cache(cache_obj, False)
+        info["timing_cache"] = os.path.basename(timing_cache)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise TrtBuildError("TensorRT %s could not build %s at %s (see its log above): try "
+                            "fp32, a smaller max_batch, or more workspace_mb"
+                            % (api["version"], os.path.basename(onnx_path), precision))
+    _atomic_write(engine_path, bytes(serialized))
+    if cache_obj is not None:
+        _atomic_write(timing_cache, bytes(cache_obj.serialize()))
+    info["seconds"] = round(time.perf_counter() - t0, 3)
+    info["engine"] = os.path.basename(engine_path)
+    info["api"] = api
+    return info
+
+
+def engine_io(engine: Any, trt: Any) -> List[Dict[str, Any]]:
+    """Name, input/output and shape of every I/O tensor: named tensors on TensorRT >= 8.5,
+    bindings before."""
+    if hasattr(engine, "num_io_tensors"):
+        out = []
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            out.append({"name": name,
+                        "input": engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
+                        "shape": list(engine.get_tensor_shape(name))})
+        return out
+    return [{"name": engine.get_binding_name(i), "input": bool(engine.binding_is_input(i)),
+             "shape": list(engine.get_binding_shape(i))} for i in range(engine.num_bindings)]

@@ -1,0 +1,50 @@
+"""The IG overlay augmentation (PAPERS.md section 1), as an engine `BatchTransform`.
+
+Space: the overlay happens on raw [0, 1] pixels, the student's input space (students, like
+teachers, normalise inside the model), after the geometric augmentation. The map is stacked
+on the image as a fourth channel before the random crop and flip, so it moves with the pixels
+the student sees, and is split off afterwards. Then per sample: map ** s with s log-uniform
+in [1, 2], min-max to [0, 1], copied to 3 channels, and with probability p
+x := (1 - blend) * x + blend * map. Random numbers come from the engine's per-epoch
+generator, so an interrupted run resumes bit for bit. Nothing is overlaid at test time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from edgekd.data.augment import AugmentSettings, random_crop_flip
+
+
+def overlay(x: torch.Tensor, maps: torch.Tensor, p: float, blend: float,
+            g: torch.Generator) -> torch.Tensor:
+    """Blend `maps` (B, H, W, >= 0, already aligned with `x`) into `x` (B, 3, H, W) with prob. p."""
+    b = len(x)
+    # Drawn on the CPU generator, like the crop offsets: the same numbers on any device.
+    s = torch.exp(torch.rand(b, generator=g) * math.log(2.0)).to(x.device)
+    apply = (torch.rand(b, generator=g) < p).to(x.device)
+    m = maps.clamp_min(0).pow(s[:, None, None])
+    lo = m.amin(dim=(1, 2), keepdim=True)
+    hi = m.amax(dim=(1, 2), keepdim=True)
+    m = (m - lo) / (hi - lo).clamp_min(1e-12)
+    mixed = (1.0 - blend) * x + blend * m[:, None]
+    return torch.where(apply[:, None, None, None], mixed, x)
+
+
+class IGOverlay:
+    """Crop/flip image and map together, then overlay (a `BatchTransform` for the engine)."""
+
+    def __init__(self, maps: torch.Tensor, settings: AugmentSettings, p: float, blend: float):
+        self.maps = maps  # (N, H, W), index-aligned with the training split; float16 is fine
+        self.settings = settings
+        self.p, self.blend = p, blend
+
+    def __call__(self, x: torch.Tensor, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        if self.maps.device != x.device:
+            self.maps = self.maps.to(x.device)
+        m = self.maps[idx.to(x.device)].float()
+        both = torch.cat([x.float().div_(255.0), m[:, None]], dim=1)
+        both = random_crop_flip(both, self.settings, g)
+        return overlay(both[:, :3], both[:, 3], self.p, self.blend, g)

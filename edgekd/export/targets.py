@@ -1,0 +1,81 @@
+"""Export targets: the ONNX opset and IR version the runtime on each kind of device parses.
+
+| target       | runtime on the device                                   | opset (default / max) | IR |
+|--------------|---------------------------------------------------------|-----------------------|----|
+| `jetson-jp5` | JetPack 5.1.x: TensorRT 8.5.2                           | 17 / 17               | 8  |
+| `jetson-jp6` | JetPack 6.0: TensorRT 8.6.2; JetPack 6.1, 6.2: TRT 10.3 | 17 / 17               | 8  |
+| `jetson-jp7` | JetPack 7.x: TensorRT 10.13 (TensorRT 10.x)             | 20 / 20               | 9  |
+| `cpu`        | ONNX Runtime >= 1.18 (edgekd's own requirement)         | 18 / 21               | 8  |
+
+Sources: onnx-tensorrt `docs/operators.md` per release branch ("TensorRT 8.5 supports
+operators up to Opset 17", the same for 8.6; "TensorRT 10.0 supports operators in the
+inclusive range of opset 9 to opset 20"; 10.6 moved to ONNX 1.17, opset 22). JetPack 6.0
+shipped TensorRT 8.6, so one `jetson-jp6` file must stay at opset 17 to load on every
+JetPack 6 release. JetPack 7 ships TensorRT 10.x; NVIDIA's TensorRT 11.3 notes say JetPack
+is not yet supported by TensorRT 11, whose parser reads opsets up to 24/25, so opset 20 will
+parse there as well. ONNX Runtime 1.18 reads opsets up to 21 and IR 10.
+
+The IR version written is the lowest the opset allows (ONNX's own release table: opsets
+17-18 -> IR 8, 19-20 -> IR 9, 21-22 -> IR 10): a reader older than the exporter accepts it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgekd.errors import EdgeKDError
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    runtime: str
+    opset: int  # the default opset for this target
+    max_opset: int  # the highest opset its parser reads
+    min_opset: int = 13  # below 13 torch's exporters drop ops these models use
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "runtime": self.runtime, "default_opset": self.opset,
+                "max_opset": self.max_opset}
+
+
+TARGETS = {
+    t.name: t
+    for t in (
+        Target("jetson-jp5", "JetPack 5.1.x: TensorRT 8.5.2", 17, 17),
+        Target("jetson-jp6", "JetPack 6.0: TensorRT 8.6.2; JetPack 6.1/6.2: TensorRT 10.3", 17, 17),
+        Target("jetson-jp7", "JetPack 7.x: TensorRT 10.13 (TensorRT 10.x)", 20, 20),
+        Target("cpu", "ONNX Runtime >= 1.18", 18, 21),
+    )
+}
+DEFAULT_TARGET = "cpu"
+
+# ONNX releases: (opset, IR version) from onnx.helper.VERSION_TABLE, pinned here so the
+# mapping does not move with the installed onnx.
+_IR_FOR_OPSET = {13: 7, 14: 7, 15: 8, 16: 8, 17: 8, 18: 8, 19: 9, 20: 9, 21: 10, 22: 10}
+
+
+def get_target(name: str) -> Target:
+    """The target named `name`, or a one-line error listing the valid ones."""
+    try:
+        return TARGETS[name]
+    except KeyError:
+        raise EdgeKDError(
+            f"unknown export target {name!r}: use one of {', '.join(TARGETS)}"
+        ) from None
+
+
+def resolve_opset(target: str, opset: int | None = None) -> tuple[int, int]:
+    """(opset, IR version) for `target`; an explicit `opset` the target cannot parse is refused."""
+    t = get_target(target)
+    if opset is None:
+        opset = t.opset
+    if not t.min_opset <= opset <= t.max_opset:
+        raise EdgeKDError(
+            f"opset {opset} cannot be parsed on {t.name} ({t.runtime} reads opsets up to "
+            f"{t.max_opset}): use --opset {t.min_opset}..{t.max_opset} or leave it out "
+            f"(default {t.opset})"
+        )
+    if opset not in _IR_FOR_OPSET:
+        raise EdgeKDError(f"opset {opset} is not supported by edgekd's exporter: use 13..22")
+    return opset, _IR_FOR_OPSET[opset]

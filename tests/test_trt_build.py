@@ -1,0 +1,309 @@
+"""deploy.trt_build without TensorRT: TensorRT cannot run on these machines, so the builder is
+driven by STAND-IN `tensorrt` / `pycuda` modules written here (FakeTRT). They model the API
+surface of TensorRT 8.6, 10.3 and 11 as documented, parse real ONNX files with the onnx
+package, and pull real calibration batches; they prove the wiring, not that TensorRT accepts
+the result. Key computation, profile shapes and version detection are plain functions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import types
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from calibration import quantize_static_qdq, write_calibset
+from deploy import trt_build
+from deploy.errors import RunnerUnavailable
+from deploy.trt_build import TrtBuildError, build_engine, detect_api, engine_key, profile_shapes
+
+
+# ---- stand-in TensorRT ------------------------------------------------------------------------
+def fake_tensorrt(version: str, log: dict) -> types.ModuleType:
+    """A stand-in `tensorrt` module of `version` that records what the builder does in `log`."""
+    major = int(version.split(".")[0])
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+
+    class Enum:
+        def __init__(self, **members):
+            for k, v in members.items():
+                setattr(self, k, v)
+
+    flags = {"STRONGLY_TYPED": 1} if major >= 10 else {}
+    if major < 11:
+        flags["EXPLICIT_BATCH"] = 0
+    trt.NetworkDefinitionCreationFlag = Enum(**flags)
+    trt.BuilderFlag = Enum(**({"FP16": "FP16", "INT8": "INT8"} if major < 11 else {}))
+    trt.MemoryPoolType = Enum(WORKSPACE="WORKSPACE")
+    trt.LayerType = Enum(QUANTIZE="Q", DEQUANTIZE="DQ", OTHER="X")
+    trt.TensorIOMode = Enum(INPUT="in", OUTPUT="out")
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            self.level = level
+
+    class Tensor:
+        def __init__(self, name, shape):
+            self.name, self.shape = name, shape
+
+    class Network:
+        def __init__(self, flags):
+            self.flags, self.layers, self.inputs = flags, [], []
+            log.setdefault("network_flags", []).append(flags)
+
+        num_layers = property(lambda self: len(self.layers))
+        num_inputs = property(lambda self: len(self.inputs))
+
+        def get_layer(self, i):
+            return types.SimpleNamespace(type=self.layers[i])
+
+        def get_input(self, i):
+            return self.inputs[i]
+
+    class OnnxParser:
+        def __init__(self, network, logger):
+            self.network, self.errors = network, []
+
+        def parse_from_file(self, path):
+            model = onnx.load(path)
+            for node in model.graph.node:
+                if node.op_type == "DequantizeLinear" and major < 10 and node.input[0].endswith("bias_quantized"):
+                    self.errors.append("DequantizeLinear: INT32 bias is not supported")
+                self.network.layers.append({"QuantizeLinear": "Q", "DequantizeLinear": "DQ"}.get(node.op_type, "X"))
+            for inp in model.graph.input:
+                dims = [d.dim_value if d.HasField("dim_value") else -1 for d in inp.type.tensor_type.shape.dim]
+                self.network.inputs.append(Tensor(inp.name, tuple(dims)))
+            return not self.errors
+
+        num_errors = property(lambda self: len(self.errors))
+
+        def get_error(self, i):
+            return self.errors[i]
+
+    class Profile:
+        def __init__(self):
+            self.shapes = {}
+
+        def set_shape(self, name, lo, opt, hi):
+            self.shapes[name] = (tuple(lo), tuple(opt), tuple(hi))
+
+    class TimingCache:
+        def __init__(self, data):
+            self.data = data
+
+        def serialize(self):
+            return self.data + b"+timings"
+
+    class IBuilderConfig:
+        def __init__(self):
+            self.flags, self.profiles, self.int8_calibrator = set(), [], None
+            log["config"] = self
+
+        def set_memory_pool_limit(self, pool, size):
+            self.pool = (pool, size)
+
+        def set_flag(self, flag):
+            self.flags.add(flag)
+
+        def add_optimization_profile(self, p):
+            self.profiles.append(p)
+
+        def set_calibration_profile(self, p):
+            self.calibration_profile = p
+
+        def create_timing_cache(self, data):
+            return TimingCache(data)
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            self.timing_cache = cache
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags=0):
+            return Network(flags)
+
+        def create_builder_config(self):
+            return IBuilderConfig()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, network, config):
+            if config.int8_calibrator is not None:  # what TensorRT does: pull batches until None
+                cal = config.int8_calibrator
+                log["calib_batches"] = list(iter(lambda: cal.get_batch(["input"]), None))
+                cal.write_calibration_cache(b"TRT-cache")
+            return memoryview(b"engine:" + trt.__version__.encode())
+
+    class ICudaEngine:
+        num_io_tensors = 2
+
+    trt.Logger, trt.Builder, trt.OnnxParser, trt.IBuilderConfig = Logger, Builder, OnnxParser, IBuilderConfig
+    trt.ICudaEngine = ICudaEngine
+    if major < 11:
+        class IInt8EntropyCalibrator2:
+            def __init__(self):
+                pass
+
+        trt.IInt8EntropyCalibrator2 = IInt8EntropyCalibrator2
+    return trt
+
+
+@pytest.fixture()
+def install(monkeypatch):
+    def _install(version):
+        log: dict = {}
+        monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(version, log))
+        copies = []
+        driver = types.ModuleType("pycuda.driver")
+        class DeviceBuffer(int):  # a device pointer is an int to TensorRT
+            pass
+
+        driver.mem_alloc = lambda nbytes: DeviceBuffer(0xC0FFEE)
+        driver.memcpy_htod = lambda dest, src: copies.append(src.copy())
+        for name, module in [("pycuda", types.ModuleType("pycuda")), ("pycuda.driver", driver),
+                             ("pycuda.autoinit", types.ModuleType("pycuda.autoinit"))]:
+            monkeypatch.setitem(sys.modules, name, module)
+        log["copies"] = copies
+        return log
+
+    return _install
+
+
+# ---- real models and a real calibration set ----------------------------------------------------
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    from edgekd.data import load_dataset
+    from edgekd.export.onnx import export_onnx
+    from edgekd.models.registry import create_model
+
+    folder = tmp_path_factory.mktemp("trt")
+    data = load_dataset("digits", 16)
+    torch.manual_seed(0)
+    model = create_model("mbv2_cifar_trunc13", 10, data.mean, data.std)
+    fp32 = folder / "student.onnx"
+    export_onnx(model, fp32, 16, 17)
+    images = data.train.images[:50].numpy().astype(np.float32) / 255.0
+    calib = write_calibset(folder / "calib", images, data.train.labels[:50].numpy(), data.classes, 0, "digits")
+    qdq = folder / "student.int8.onnx"
+    quantize_static_qdq(fp32, qdq, images, for_tensorrt=True)
+    return {"fp32": str(fp32), "qdq": str(qdq), "calib": str(calib), "images": images}
+
+
+# ---- plain functions -------------------------------------------------------------------------
+def test_engine_key_matches_run_bundle_keying():
+    doc = {"onnx_sha256": "ab" * 32, "tensorrt": "10.3.0", "device": "Orin sm_87", "precision": "fp16"}
+    expected = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:24]
+    assert engine_key("ab" * 32, "10.3.0", "Orin sm_87", "fp16") == expected
+    keys = {engine_key("ab" * 32, v, d, p) for v in ("8.6.2", "10.3.0") for d in ("Orin", "Thor")
+            for p in ("fp16", "int8")}
+    assert len(keys) == 8  # every fact changes the key
+
+
+def test_profile_shapes():
+    assert profile_shapes((-1, 3, 32, 32), 64, 1) == ((1, 3, 32, 32), (1, 3, 32, 32), (64, 3, 32, 32))
+    assert profile_shapes((-1, 3, 32, 32), 64, 8)[1] == (8, 3, 32, 32)
+    assert profile_shapes((4, 3, 32, 32)) == ((4, 3, 32, 32),) * 3  # fixed batch
+    with pytest.raises(TrtBuildError, match="besides the batch"):
+        profile_shapes((-1, 3, -1, -1))
+    with pytest.raises(TrtBuildError, match="opt_batch"):
+        profile_shapes((-1, 3, 8, 8), 4, 8)
+
+
+@pytest.mark.parametrize("version,explicit_flag,strongly,calibrator", [
+    ("8.6.2", True, False, True), ("10.3.0", False, True, True), ("11.0.0", False, True, False)])
+def test_detect_api(version, explicit_flag, strongly, calibrator):
+    api = detect_api(fake_tensorrt(version, {}))
+    assert (api["explicit_batch_flag"], api["strongly_typed"], api["calibrator"]) == (
+        explicit_flag, strongly, calibrator)
+    assert api["memory_pool"] and api["timing_cache"] and api["named_tensors"]
+
+
+def test_missing_tensorrt_is_one_line_naming_the_install(monkeypatch, models, tmp_path):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails as when not installed
+    with pytest.raises(RunnerUnavailable, match="python3-libnvinfer.*pip install tensorrt"):
+        build_engine(models["fp32"], str(tmp_path / "e.engine"))
+
+
+# ---- builds with the stand-ins -----------------------------------------------------------------
+def test_fp16_build_on_tensorrt_8_6(install, models, tmp_path):
+    log = install("8.6.2")
+    engine = tmp_path / "e.engine"
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"old")
+    info = build_engine(models["fp32"], str(engine), "fp16", max_batch=64, timing_cache=str(cache))
+    assert engine.read_bytes() == b"engine:8.6.2" and cache.read_bytes() == b"old+timings"
+    config = log["config"]
+    assert config.flags == {"FP16"} and config.pool == ("WORKSPACE", 1024 << 20)
+    assert log["network_flags"] == [1 << 0]  # EXPLICIT_BATCH before TensorRT 10
+    assert config.profiles[0].shapes["input"] == ((1, 3, 16, 16), (1, 3, 16, 16), (64, 3, 16, 16))
+    assert info["profile"]["input"]["max"] == [64, 3, 16, 16] and not info["explicit_quantization"]
+
+
+def test_int8_with_a_calibrator_on_tensorrt_10(install, models, tmp_path):
+    log = install("10.3.0")
+    engine = tmp_path / "e.engine"
+    info = build_engine(models["fp32"], str(engine), "int8", calib_dir=models["calib"], calib_batch=16)
+    config = log["config"]
+    assert config.flags == {"INT8"} and log["network_flags"] == [0]
+    assert config.calibration_profile.shapes["input"] == ((16, 3, 16, 16),) * 3
+    # 50 real images in 4 fixed batches of 16 (the last wraps around to the start)
+    assert len(log["calib_batches"]) == 4
+    seen = np.concatenate(log["copies"])
+    np.testing.assert_array_equal(seen[:50], models["images"])
+    np.testing.assert_array_equal(seen[50:], models["images"][:14])
+    assert (tmp_path / "e.engine.calib.cache").read_bytes() == b"TRT-cache"
+    assert info["calibration_cache"] == "e.engine.calib.cache" and info["calibration_images"] == 50
+
+
+def test_int8_from_qdq_on_tensorrt_10_and_11(install, models, tmp_path):
+    log = install("10.3.0")
+    info = build_engine(models["qdq"], str(tmp_path / "a.engine"), "int8")
+    assert info["explicit_quantization"] and log["config"].flags == {"INT8", "FP16"}
+    assert log["config"].int8_calibrator is None
+    log = install("11.0.0")
+    info = build_engine(models["qdq"], str(tmp_path / "b.engine"), "int8")
+    strongly = 1 << 1
+    assert info["strongly_typed"] and log["network_flags"][-1] == strongly
+    assert log["config"].flags == set()
+
+
+def test_tensorrt_11_refuses_int8_without_qdq(install, models, tmp_path):
+    install("11.0.0")
+    with pytest.raises(TrtBuildError, match="no INT8 calibrators.*Q/DQ"):
+        build_engine(models["fp32"], str(tmp_path / "e.engine"), "int8", calib_dir=models["calib"])
+    with pytest.raises(TrtBuildError, match="no FP16 builder flag"):
+        build_engine(models["fp32"], str(tmp_path / "e.engine"), "fp16")
+    assert not (tmp_path / "e.engine").exists()
+
+
+def test_bad_requests(install, models, tmp_path):
+    install("10.3.0")
+    with pytest.raises(TrtBuildError, match="needs a calibration set"):
+        build_engine(models["fp32"], str(tmp_path / "e.engine"), "int8")
+    with pytest.raises(TrtBuildError, match="build it with precision int8"):
+        build_engine(models["qdq"], str(tmp_path / "e.engine"), "fp32")
+    with pytest.raises(TrtBuildError, match="unknown precision"):
+        build_engine(models["fp32"], str(tmp_path / "e.engine"), "int4")
+
+
+def test_run_bundle_calls_the_builder_with_its_signature(install, models, tmp_path, monkeypatch):
+    """deploy.run_bundle.engine_for imports deploy.trt_build and passes the kwargs it names."""
+    from deploy import run_bundle
+
+    install("10.3.0")
+    monkeypatch.setattr(run_bundle, "_gpu_name", lambda: "Orin sm_87")
+    sha = trt_build.sha256_file(models["qdq"])
+    got = run_bundle.engine_for(models["qdq"], sha, "int8", str(tmp_path / "engines"))
+    assert got["path"].endswith(engine_key(sha, "10.3.0", "Orin sm_87", "int8") + ".engine")
+    assert open(got["path"], "rb").read() == b"engine:10.3.0" and not got["cached"]
+    assert run_bundle.engine_for(models["qdq"], sha, "int8", str(tmp_path / "engines"))["cached"]
