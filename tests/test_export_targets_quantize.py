@@ -29,6 +29,28 @@ def run(tiny_run, tmp_path):
     return copy
 
 
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A digits run whose student is trained far enough (about 93 % top-1) for an INT8 budget
+    to mean something: a 1-epoch student sits near chance, where its close logits flip under
+    any quantisation and the drop measures the noise, not the quantiser (about 30 s)."""
+    out = tmp_path_factory.mktemp("trained-run") / "digits"
+    r = CliRunner().invoke(cli, [
+        "compress", "--method", "student", "--teacher-arch", "mbv2_cifar_w0.25",
+        "--student", "mbv2_cifar_trunc13", "--input-size", "16", "--teacher-epochs", "1",
+        "--epochs", "6", "--no-bench", "--set", "export.opset=17", "--out", str(out),
+    ], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return out
+
+
+@pytest.fixture()
+def trained(trained_run, tmp_path):
+    copy = tmp_path / "trained"
+    shutil.copytree(trained_run, copy)
+    return copy
+
+
 def _opset(path):
     proto = onnx.load(str(path))
     return next(o.version for o in proto.opset_import if o.domain == ""), proto.ir_version
@@ -89,7 +111,8 @@ def test_large_models_keep_their_weights_beside_the_graph(tmp_path):
     assert not data_file(path).exists() and read_contract(path)["external_data"] is None
 
 
-def test_quantize_cli_on_a_run(run):
+def test_quantize_cli_on_a_run(trained):
+    run = trained
     r = CliRunner().invoke(cli, ["quantize", str(run), "--calib-size", "64", "--json"])
     assert r.exit_code == 0, r.output
     info = json.loads(r.output)
@@ -137,7 +160,8 @@ def test_over_budget_fails_with_the_measured_drop_and_writes_nothing(run, tmp_pa
     assert not out.exists() and not list(tmp_path.glob(".s.int8*"))
 
 
-def test_compress_int8_stage_records_in_the_report(run):
+def test_compress_int8_stage_records_in_the_report(trained):
+    run = trained
     from edgekd.pipeline import compress as pipeline
     from edgekd.pipeline.standalone import open_run
 
