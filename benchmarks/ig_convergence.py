@@ -73,6 +73,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", default="runs/digits-mbv2_cifar_trunc5-kd_ig-s0")
     ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--out", type=Path, default=RESULTS, help=f"Results JSON (default {RESULTS}).")
     args = ap.parse_args()
     run = Path(args.run)
     if not (run / "teacher.pt").is_file():
@@ -109,7 +110,7 @@ def main() -> int:
                   f"{1 / rows[-1]['seconds_per_image']:.1f} img/s")
     doc = {
         "benchmark": "ig_convergence",
-        "command": "python benchmarks/ig_convergence.py --run " + str(args.run),
+        "command": f"python benchmarks/ig_convergence.py --run {args.run} --out {args.out}",
         "teacher": {"arch": meta["arch"], "run": str(run), "test_acc": meta.get("training", {}).get("last_epoch", {}).get("test_acc")},
         "images": len(idx), "input_size": int(x.shape[-1]), "baseline": "zeros (normalised space)",
         "target": "label", "rows_per_forward": computer.rows,
@@ -119,9 +120,9 @@ def main() -> int:
         "machine": capture(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"-> {RESULTS}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"-> {args.out}")
     return 0
 
 

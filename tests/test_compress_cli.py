@@ -144,6 +144,9 @@ def test_teacher_checkpoint_of_other_arch_or_classes(digits_run, tmp_path):
     r = _compress(*TINY, "--out", str(tmp_path / "b"), "--teacher", str(teacher),
                   "--dataset", f"imagefolder:{root}")
     assert r.exit_code == 2 and "has 10 classes but the data set has 3" in r.output
+    r = _compress(*TINY, "--out", str(tmp_path / "s"), "--teacher", str(teacher), "--input-size", "24")
+    assert r.exit_code == 2 and "trained at 16x16, this run is at 24x24: pass --input-size 16" in r.output
+    assert not (tmp_path / "s").exists()
     cut = tmp_path / "cut.pt"
     cut.write_bytes(teacher.read_bytes()[:5000])
     r = _compress(*TINY, "--out", str(tmp_path / "c"), "--teacher", str(cut))

@@ -19,7 +19,7 @@ from typing import Protocol
 import torch
 
 from edgekd import __version__, distributed
-from edgekd.config import RunConfig, validate
+from edgekd.config import RunConfig, TeacherConfig, validate
 from edgekd.data import Dataset, load_dataset
 from edgekd.data.augment import AugmentSettings
 from edgekd.data.dataset import stratified_split
@@ -75,8 +75,7 @@ def compress(
     reporter.stage("data", "start", cfg.data.dataset)
     data = prepare_data(cfg)
     if cfg.teacher.checkpoint:
-        checkpoint.load_model(cfg.teacher.checkpoint, cfg.teacher.arch, data.num_classes,
-                              "teacher checkpoint")
+        load_teacher_checkpoint(cfg.teacher, data)
     run = RunDir(out)
     status = _on_main(lambda: run.open(cfg, resume=resume, force=force))
     ctx = Context(cfg, run, device, reporter, data=data)
@@ -176,6 +175,24 @@ def _train(ctx: Context, stage: str, model, train_cfg, objective, key: str,
     )
 
 
+def load_teacher_checkpoint(tcfg: TeacherConfig, data: Dataset) -> Classifier:
+    """The given teacher, refused (ModelError) unless it fits the run: architecture, classes
+    and the input size it was trained at."""
+    model, meta = checkpoint.load_model(tcfg.checkpoint, tcfg.arch, data.num_classes, "teacher checkpoint")
+    if meta.get("classes") and meta["classes"] != data.classes:
+        raise ModelError(
+            f"teacher checkpoint {tcfg.checkpoint} was trained on classes {meta['classes'][:5]}..., "
+            f"not this data set's {data.classes[:5]}...: use a teacher of this data set"
+        )
+    if meta.get("input_size") and meta["input_size"] != data.input_size:
+        raise ModelError(
+            f"teacher checkpoint {tcfg.checkpoint} was trained at {meta['input_size']}x"
+            f"{meta['input_size']}, this run is at {data.input_size}x{data.input_size}: "
+            f"pass --input-size {meta['input_size']}"
+        )
+    return model
+
+
 def stage_teacher(ctx: Context) -> None:
     tcfg = ctx.cfg.teacher
     data = ctx.data
@@ -191,13 +208,7 @@ def stage_teacher(ctx: Context) -> None:
         return
     if tcfg.checkpoint:
         ctx.reporter.stage("teacher", "start", f"loading {tcfg.checkpoint}")
-        model, meta = checkpoint.load_model(tcfg.checkpoint, tcfg.arch, data.num_classes, "teacher checkpoint")
-        if meta.get("classes") and meta["classes"] != data.classes:
-            raise ModelError(
-                f"teacher checkpoint {tcfg.checkpoint} was trained on classes {meta['classes'][:5]}..., "
-                f"not this data set's {data.classes[:5]}...: use a teacher of this data set"
-            )
-        model.to(ctx.device)
+        model = load_teacher_checkpoint(tcfg, data).to(ctx.device)
         acc, _ = engine.evaluate(model, data.test, ctx.device)
         val_acc, _ = engine.evaluate(model, data.val, ctx.device)
         summary = {"source": str(tcfg.checkpoint), "last_epoch": {"test_acc": acc, "val_acc": val_acc},
