@@ -169,7 +169,7 @@ def default_config(dataset: str = "digits") -> RunConfig:
     if dataset == "digits":
         # The digits are 8x8 scans: 16x16 keeps every pixel (2x upsampling) at a quarter of
         # the MACs of 32x32, which is what fits the whole pipeline in the 6-minute budget on
-        # a 2-core CPU without an AVX-512 unit (README: Decisions, benchmarks/compress_default.py).
+        # a slow 2-core AVX2 host too (README: Decisions, benchmarks/compress_default.py).
         cfg.data.input_size = DIGITS_INPUT_SIZE
         for t in (cfg.teacher.train, cfg.student.train):
             t.epochs, t.schedule, t.lr = 8, "onecycle", 2e-3

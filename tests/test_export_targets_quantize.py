@@ -24,9 +24,7 @@ from edgekd.models.registry import create_model
 
 @pytest.fixture()
 def run(tiny_run, tmp_path):
-    copy = tmp_path / "run"
-    shutil.copytree(tiny_run, copy)
-    return copy
+    return shutil.copytree(tiny_run, tmp_path / "run")
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +44,7 @@ def trained_run(tmp_path_factory):
 
 @pytest.fixture()
 def trained(trained_run, tmp_path):
-    copy = tmp_path / "trained"
-    shutil.copytree(trained_run, copy)
-    return copy
+    return shutil.copytree(trained_run, tmp_path / "trained")
 
 
 def _opset(path):
@@ -112,16 +108,15 @@ def test_large_models_keep_their_weights_beside_the_graph(tmp_path):
 
 
 def test_quantize_cli_on_a_run(trained):
-    run = trained
-    r = CliRunner().invoke(cli, ["quantize", str(run), "--calib-size", "64", "--json"])
+    r = CliRunner().invoke(cli, ["quantize", str(trained), "--calib-size", "64", "--json"])
     assert r.exit_code == 0, r.output
     info = json.loads(r.output)
-    out = run / "student.int8.onnx"
+    out = trained / "student.int8.onnx"
     assert info["out_path"] == str(out) and out.is_file()
     assert info["quantized_nodes"] > 0 and info["method"] == "minmax"
     acc = info["accuracy"]
     assert acc["n"] == 360 and acc["drop_pp"] <= 1.0
-    calib = load_calibset(run / "calib")  # stratified, seeded training images in [0, 1]
+    calib = load_calibset(trained / "calib")  # stratified, seeded training images in [0, 1]
     assert len(calib) == 64 and calib.meta["seed"] == 0
     assert np.bincount(calib.labels, minlength=10).min() >= 6
     assert 0.0 <= calib.images.min() and calib.images.max() <= 1.0
@@ -161,11 +156,10 @@ def test_over_budget_fails_with_the_measured_drop_and_writes_nothing(run, tmp_pa
 
 
 def test_compress_int8_stage_records_in_the_report(trained):
-    run = trained
     from edgekd.pipeline import compress as pipeline
     from edgekd.pipeline.standalone import open_run
 
-    ctx = open_run(run)
+    ctx = open_run(trained)
     ctx.cfg.export.int8 = True
     ctx.cfg.export.int8_calib_size = 40
     pipeline.stage_quantize(ctx)
