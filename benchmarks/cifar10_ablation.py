@@ -59,7 +59,8 @@ def main() -> int:
     ap.add_argument("--test-per-class", type=int, default=100)
     ap.add_argument("--methods", default=METHODS)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=3, help="student epochs")
+    ap.add_argument("--epochs", type=int, default=6,
+                    help="student epochs, the InDistill warm-up's (1 per layer) included")
     ap.add_argument("--teacher-epochs", type=int, default=10)
     ap.add_argument("--ig-steps", type=int, default=16)
     ap.add_argument("--indistill-a", type=int, default=1, help="warm-up epochs of layer 0")

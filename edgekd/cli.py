@@ -109,10 +109,13 @@ class _RichReporter:
 
     def on_epoch_end(self, stage, r):
         self.progress.stop()
+        # One line that fits 80 columns; a warm-up epoch that was not evaluated shows no accuracy.
+        acc = "" if r["test_acc"] is None else (
+            (f" val {r['val_acc']:.1f}" if r["val_acc"] == r["val_acc"] else "")
+            + f" test {r['test_acc']:.2f} %")
         self.console.print(
-            f"{stage:>8} epoch {r['epoch']:>3}  loss {r['train_loss']:.3f}  train {r['train_acc']:.1f} %"
-            f"  val {r['val_acc']:.1f} %  test {r['test_acc']:.2f} %  {r['images_per_s']:.0f} img/s"
-            f"  {r['epoch_time_s']:.1f} s", highlight=False,
+            f"{stage:>8} ep {r['epoch']:>3} loss {r['train_loss']:.3f} train {r['train_acc']:.1f}"
+            f"{acc} {r['images_per_s']:.0f} img/s {r['epoch_time_s']:.1f} s", highlight=False,
         )
 
 
@@ -147,6 +150,7 @@ def _default_out(cfg) -> Path:
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run directory (default runs/<name>).")
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N")
 @click.option("--seed", type=int, default=None)
+@click.option("--recipe", default=None, help="edgekd (default: faster schedules) | paper (the IG paper's setup); overrides are listed as deviations.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML settings (e.g. a run's config.yaml).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any setting by dotted key, e.g. student.train.optimizer=sgd.")
 @click.option("--no-bench", is_flag=True, help="Skip the latency measurement.")
@@ -157,7 +161,7 @@ def _default_out(cfg) -> Path:
 def compress(dataset, data_dir, teacher, teacher_arch, student, method, epochs, teacher_epochs,
              batch_size, lr, kd_alpha, kd_temperature, ig_p, ig_blend, ig_steps, ig_method,
              ig_target, ig_baseline, input_size, train_subset, out, device, seed,
-             config_file, sets, no_bench, int8, resume, force, as_json):
+             recipe, config_file, sets, no_bench, int8, resume, force, as_json):
     """Distil a student from a teacher, export it to ONNX and report accuracy, size and latency."""
     from edgekd.pipeline.compress import compress as run_compress
 
@@ -182,14 +186,17 @@ def compress(dataset, data_dir, teacher, teacher_arch, student, method, epochs, 
         overrides["export.int8"] = True
     from edgekd.config import build_config
 
-    cfg = build_config(config_file, dataset, overrides, sets)
+    cfg = build_config(config_file, dataset, overrides, sets, recipe=recipe)
     if teacher == "train":
         cfg.teacher.checkpoint = None
     out = out or _default_out(cfg)
     # Under `torchrun --nproc-per-node N -m edgekd compress ...` rank 0 alone speaks.
     rank0 = int(os.environ.get("RANK", "0")) == 0
     if rank0:
+        from edgekd.config import describe_recipe
+
         err.print(f"run directory: {out}", highlight=False)
+        err.print(f"recipe: {describe_recipe(cfg, limit=4)}", highlight=False)
     try:
         report = run_compress(cfg, out, resume=resume, force=force, reporter=_RichReporter(err))
     except KeyboardInterrupt:
@@ -218,6 +225,12 @@ def _summary_table(report: dict) -> Table:
                   f"{s['accuracy'] - t['accuracy']:+.2f} pp")
     table.add_row("test top-1, best-val epoch", f"{t['accuracy_best_epoch']:.2f} %",
                   f"{s['accuracy_best_epoch']:.2f} %", "")
+    def epochs(entry):
+        plan = entry.get("epochs") or {}
+        warm = plan.get("warmup")
+        return f"{plan.get('total')}" + (f" ({warm} warm-up)" if warm else "")
+
+    table.add_row("epochs", epochs(t), epochs(s), "")
     table.add_row("params", f"{t['params']:,}", f"{s['params']:,}",
                   f"{report['compression_factor']:.2f}x (CF)")
     table.add_row("MACs / image", f"{t['macs'] / 1e6:.1f} M", f"{s['macs'] / 1e6:.1f} M",
@@ -319,6 +332,7 @@ def _experiment_options(f):
         click.option("--out", type=click.Path(path_type=Path), required=True, help="Experiment directory."),
         click.option("--jobs", type=int, default=1, show_default=True, help="Runs in parallel."),
         click.option("--device", default=None),
+        click.option("--recipe", default=None, help="edgekd (default) | paper; overrides are listed as deviations."),
         click.option("--config", "config_file", type=click.Path(path_type=Path), default=None),
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE"),
         click.option("--json", "as_json", is_flag=True),
@@ -328,13 +342,13 @@ def _experiment_options(f):
 
 
 def _experiment_config(dataset, data_dir, teacher, teacher_arch, epochs, teacher_epochs, device,
-                       config_file, sets, student=None):
+                       recipe, config_file, sets, student=None):
     from edgekd.config import build_config
 
     overrides = {"data.data_dir": data_dir, "teacher.checkpoint": teacher, "teacher.arch": teacher_arch,
                  "student.train.epochs": epochs, "teacher.train.epochs": teacher_epochs,
                  "device": device, "student.arch": student}
-    return build_config(config_file, dataset, overrides, sets)
+    return build_config(config_file, dataset, overrides, sets, recipe=recipe)
 
 
 def _command_line() -> str:
@@ -360,12 +374,12 @@ def experiment():
 @click.option("--seeds", type=int, default=3, show_default=True, help="Seeds 0..N-1 per method.")
 @_experiment_options
 def ablation(student, methods, seeds, dataset, data_dir, teacher, teacher_arch, epochs,
-             teacher_epochs, subset, out, jobs, device, config_file, sets, as_json):
+             teacher_epochs, subset, out, jobs, device, recipe, config_file, sets, as_json):
     """methods x seeds on one teacher/student pair: mean ± sd, best, Welch p-values, plot."""
     from edgekd.experiment import suites
 
     cfg = _experiment_config(dataset, data_dir, teacher, teacher_arch, epochs, teacher_epochs,
-                             device, config_file, sets, student)
+                             device, recipe, config_file, sets, student)
     method_list = methods.split(",") if methods else suites.default_methods()
     doc = suites.ablation(cfg, method_list, list(range(seeds)), out, subset=subset, jobs=jobs,
                           command=_command_line(), reporter=_RichReporter(err))
@@ -379,12 +393,12 @@ def ablation(student, methods, seeds, dataset, data_dir, teacher, teacher_arch, 
 @click.option("--fraction", type=float, default=0.8, show_default=True, help="Stratified share of train per run.")
 @_experiment_options
 def montecarlo(student, methods, runs, fraction, dataset, data_dir, teacher, teacher_arch, epochs,
-               teacher_epochs, subset, out, jobs, device, config_file, sets, as_json):
+               teacher_epochs, subset, out, jobs, device, recipe, config_file, sets, as_json):
     """N runs per method, each on its own random stratified fraction of the training set."""
     from edgekd.experiment import suites
 
     cfg = _experiment_config(dataset, data_dir, teacher, teacher_arch, epochs, teacher_epochs,
-                             device, config_file, sets, student)
+                             device, recipe, config_file, sets, student)
     doc = suites.montecarlo(cfg, methods.split(","), runs, fraction, out, jobs=jobs,
                             command=_command_line(), reporter=_RichReporter(err))
     _print_md(out, "montecarlo", as_json, doc)
@@ -396,12 +410,12 @@ def montecarlo(student, methods, runs, fraction, dataset, data_dir, teacher, tea
 @click.option("--seeds", type=int, default=1, show_default=True)
 @_experiment_options
 def sweep(students, method, seeds, dataset, data_dir, teacher, teacher_arch, epochs,
-          teacher_epochs, subset, out, jobs, device, config_file, sets, as_json):
+          teacher_epochs, subset, out, jobs, device, recipe, config_file, sets, as_json):
     """Accuracy vs compression factor and vs measured CPU latency over student families."""
     from edgekd.experiment import suites
 
     cfg = _experiment_config(dataset, data_dir, teacher, teacher_arch, epochs, teacher_epochs,
-                             device, config_file, sets)
+                             device, recipe, config_file, sets)
     names = students.split(",") if students else list(suites.PAPER_SWEEP)
     doc = suites.sweep(cfg, names, method, list(range(seeds)), out, subset=subset, jobs=jobs,
                        command=_command_line(), reporter=_RichReporter(err))

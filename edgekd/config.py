@@ -53,12 +53,15 @@ class TrainConfig:
 class TeacherConfig:
     arch: str = "mbv2_cifar"
     checkpoint: str | None = None  # None: train the teacher in this run
+    norm: str = "data"  # input normalisation of a new model: data | cifar10 | imagenet | none
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
 @dataclass
 class StudentConfig:
     arch: str = "mbv2_cifar_trunc5"
+    norm: str = "data"  # the papers' code fed the student raw pixels (`none`)
+    # train.epochs counts every student epoch: with indistill the warm-up's come out of it
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -82,8 +85,12 @@ class DistillConfig:
     indistill_layers: list[str] = field(default_factory=list)  # STUDENT_PATH[:TEACHER_PATH]
     indistill_max_layers: int = 3
     indistill_lr: float = 1e-3
-    aux_teacher: str | None = None  # a mid-size model distilled from the teacher first (KD),
+    aux_teacher: str | None = None  # a mid-size model distilled from the teacher first,
     # then pruned for the warm-up in its place: bridges a very large capacity gap
+    aux_method: str = "kd"  # kd: KD from scratch | pkt: the InDistill code's CE baseline, then PKT
+    aux_teaches: str = "both"  # both: warm-up and stage 2 (the paper) | warmup: stage 2 from the teacher
+    teacher_input: str = "overlaid"  # the image the teacher's KD/AT targets come from with `ig`:
+    # overlaid (the student's own input) | clean (the same crop/flip, no overlay)
 
 
 @dataclass
@@ -133,6 +140,7 @@ class BenchConfig:
 
 @dataclass
 class RunConfig:
+    recipe: str = "edgekd"  # edgekd (faster defaults) | paper (edgekd.recipes); deviations recorded
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     method: str = "indistill+kd+ig"  # the design card's main job
@@ -152,6 +160,12 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+NORMS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),  # PAPERS.md
+         "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+         "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))}
+AUX_METHODS = ("kd", "pkt")
+AUX_TEACHES = ("both", "warmup")
+TEACHER_INPUTS = ("overlaid", "clean")
 METHODS = ("student", "kd", "ig", "at", "pkt", "fitnet", "indistill")
 IG_METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
 IG_TARGETS = ("label", "prediction")
@@ -171,9 +185,11 @@ def default_config(dataset: str = "digits") -> RunConfig:
         # the MACs of 32x32, which is what fits the whole pipeline in the 6-minute budget on
         # a slow 2-core AVX2 host too (README: Decisions, benchmarks/compress_default.py).
         cfg.data.input_size = DIGITS_INPUT_SIZE
-        # The deeper teacher converges more slowly: 12 epochs to the student's 8.
-        for t, epochs in ((cfg.teacher.train, 12), (cfg.student.train, 8)):
+        # The teacher gets 10 epochs. The student's 17 include the InDistill warm-up's
+        # 3 + 4 + 5, leaving 5 for distillation (benchmarks/results/compress_default.json).
+        for t, epochs in ((cfg.teacher.train, 10), (cfg.student.train, 17)):
             t.epochs, t.schedule, t.lr = epochs, "onecycle", 2e-3
+            t.bn_recalibration = 256  # a fifth of the 1,257 training images
         # 50 IG steps would cost more than the teacher's training here; 8 Gauss-Legendre
         # steps approximate the 50-step maps (benchmarks/results/ig_convergence.json) at a
         # sixth of the cost (README: Decisions).
@@ -295,9 +311,22 @@ def validate(cfg: RunConfig) -> None:
         raise EdgeKDError(f"unknown auxiliary teacher {d.aux_teacher!r}: see `edgekd models`")
     if d.aux_teacher is not None and "indistill" not in methods:
         raise EdgeKDError("distill.aux_teacher is used by the InDistill warm-up: add indistill to the method")
-    if d.indistill_a < 1 or d.indistill_b < 0:
-        raise EdgeKDError("layer l warms up for distill.indistill_a + distill.indistill_b * l epochs: "
-                          "use indistill_a >= 1 and indistill_b >= 0")
+    if d.indistill_a < 0 or d.indistill_b < 0 or d.indistill_a + d.indistill_b < 1:
+        raise EdgeKDError("layer l (from 1) warms up for distill.indistill_a + distill.indistill_b * l "
+                          "epochs: use indistill_a >= 0, indistill_b >= 0 and a + b >= 1")
+    for key, value, allowed in (("aux_method", d.aux_method, AUX_METHODS),
+                                ("aux_teaches", d.aux_teaches, AUX_TEACHES),
+                                ("teacher_input", d.teacher_input, TEACHER_INPUTS)):
+        if value not in allowed:
+            raise EdgeKDError(f"distill.{key} {value!r}: use one of {', '.join(allowed)}")
+    for role in ("teacher", "student"):
+        norm = getattr(cfg, role).norm
+        if norm != "data" and norm not in NORMS:
+            raise EdgeKDError(f"{role}.norm {norm!r}: use data, {', '.join(NORMS)}")
+    from edgekd.recipes import RECIPES
+
+    if cfg.recipe not in RECIPES:
+        raise EdgeKDError(f"unknown recipe {cfg.recipe!r}: use one of {', '.join(RECIPES)}")
     if d.indistill_max_layers < 1 or d.indistill_lr <= 0:
         raise EdgeKDError("distill.indistill_max_layers must be >= 1 and distill.indistill_lr > 0")
     for role in ("teacher", "student"):
@@ -356,13 +385,56 @@ def _flatten(d: dict, prefix: str = ""):
             yield f"{prefix}{k}", v
 
 
+def get_value(cfg: RunConfig, dotted: str) -> Any:
+    obj: Any = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def recipe_values(name: str, dataset: str = "digits") -> dict[str, Any]:
+    """The value of every recipe key under recipe `name` (`edgekd`: the data set's defaults)."""
+    from edgekd.recipes import RECIPE_KEYS, RECIPES
+
+    if name not in RECIPES:
+        raise EdgeKDError(f"unknown recipe {name!r}: use one of {', '.join(RECIPES)}")
+    values = RECIPES[name]
+    if values is None:
+        base = default_config(dataset)
+        return {k: get_value(base, k) for k in RECIPE_KEYS}
+    return dict(values)
+
+
+def recipe_deviations(cfg: RunConfig) -> dict[str, dict[str, Any]]:
+    """Recipe keys whose value in `cfg` differs from the recipe's: {key: {recipe, value}}."""
+    out = {}
+    for key, want in recipe_values(cfg.recipe, cfg.data.dataset).items():
+        have = get_value(cfg, key)
+        if have != want:
+            out[key] = {"recipe": want, "value": have}
+    return out
+
+
+def describe_recipe(cfg: RunConfig, limit: int | None = None) -> str:
+    """'paper (deviations: student.train.epochs 100 -> 3, ...)' for headers and logs."""
+    dev = recipe_deviations(cfg)
+    if not dev:
+        return f"{cfg.recipe} (no deviations)"
+    items = [f"{k} {v['recipe']} -> {v['value']}" for k, v in dev.items()]
+    if limit is not None and len(items) > limit:
+        items = items[:limit] + [f"{len(items) - limit} more"]
+    return f"{cfg.recipe} (deviations: {', '.join(items)})"
+
+
 def build_config(
     config_file: str | Path | None = None,
     dataset: str | None = None,
     overrides: dict[str, Any] | None = None,
     sets: tuple[str, ...] | list[str] = (),
+    recipe: str | None = None,
 ) -> RunConfig:
-    """Defaults for the data set < YAML file (a run's config.yaml works) < options < KEY=VALUE."""
+    """Defaults for the data set < recipe < YAML file (a run's config.yaml works) < options <
+    KEY=VALUE. The recipe is `recipe`, else the file's, else `edgekd`."""
     raw: dict = {}
     if config_file:
         p = Path(config_file)
@@ -376,9 +448,14 @@ def build_config(
             raise EdgeKDError(f"config file {p} must hold a mapping of settings")
         raw = raw.get("settings", raw)
     file_dataset = (raw.get("data") or {}).get("dataset") if isinstance(raw.get("data"), dict) else None
+    name = recipe or raw.get("recipe") or "edgekd"
     cfg = default_config(dataset or file_dataset or "digits")
-    for dotted, value in _flatten(raw):
+    cfg.recipe = str(name)
+    for dotted, value in recipe_values(cfg.recipe, cfg.data.dataset).items():
         apply_override(cfg, dotted, value)
+    for dotted, value in _flatten(raw):
+        if dotted != "recipe":
+            apply_override(cfg, dotted, value)
     if dataset:
         cfg.data.dataset = dataset
     for dotted, value in (overrides or {}).items():

@@ -226,12 +226,12 @@ def test_export_alone_at_another_opset(digits_run, tmp_path):
     out, _ = digits_run
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    r = CliRunner().invoke(cli, ["export", str(copy), "--opset", "17", "--json"])
+    r = CliRunner().invoke(cli, ["export", str(copy), "--opset", "18", "--json"])
     assert r.exit_code == 0, r.output
     info = json.loads(r.output)
     assert info["parity"]["student"]["top1_agreement"] == 100.0
     proto = onnx.load(str(copy / "student.onnx"))
-    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [17]
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [18]
     sess = ort.InferenceSession(str(copy / "student.onnx"), providers=["CPUExecutionProvider"])
     assert sess.run(None, {"input": np.zeros((3, 3, 16, 16), np.float32)})[0].shape == (3, 10)
 
@@ -262,7 +262,7 @@ def test_config_file_reproduces_a_run(digits_run, tmp_path):
 def test_indistill_warmup_then_feature_terms(tmp_path):
     out = tmp_path / "run"
     r = _compress(*TINY, "--teacher-arch", "mbv2_cifar_w0.5", "--student", "mbv2_cifar_w0.25",
-                  "--method", "indistill+kd+at+pkt+fitnet", "--no-bench", "--epochs", "1",
+                  "--method", "indistill+kd+at+pkt+fitnet", "--no-bench", "--epochs", "3",
                   "--set", "distill.indistill_a=1", "--set", "distill.indistill_b=0",
                   "--set", "distill.indistill_max_layers=2", "--out", str(out))
     assert r.exit_code == 0, r.output
@@ -276,18 +276,48 @@ def test_indistill_warmup_then_feature_terms(tmp_path):
     assert "student.warmup.pt" in json.loads((out / "report.json").read_text())["artifacts"]
 
 
-def test_auxiliary_teacher_bridges_the_warmup(tmp_path):
+@pytest.mark.parametrize("how", ["kd", "pkt"])
+def test_auxiliary_teacher_bridges_the_warmup_and_teaches_stage_2(tmp_path, monkeypatch, how):
+    import edgekd.pipeline.compress as pipeline
+
+    widths = []  # features.17 width of the teacher each distillation objective is built with
+
+    class Recording(pipeline.DistillObjective):
+        def __init__(self, teacher, *a, **kw):
+            widths.append(teacher.body.features[17].out_channels)
+            super().__init__(teacher, *a, **kw)
+
+    monkeypatch.setattr(pipeline, "DistillObjective", Recording)
     out = tmp_path / "run"
     r = _compress(*TINY, "--teacher-arch", "mbv2_cifar_w0.75", "--student", "mbv2_cifar_w0.25",
-                  "--method", "indistill+kd", "--no-bench", "--epochs", "1",
-                  "--set", "distill.aux_teacher=mbv2_cifar_w0.5", "--set", "distill.indistill_a=1",
+                  "--method", "indistill+kd", "--no-bench", "--epochs", "2",
+                  "--set", "distill.aux_teacher=mbv2_cifar_w0.5", "--set", f"distill.aux_method={how}",
+                  "--set", "distill.indistill_a=1",
                   "--set", "distill.indistill_b=0", "--set", "distill.indistill_max_layers=1",
                   "--out", str(out))
     assert r.exit_code == 0, r.output
     stages = [json.loads(x)["stage"] for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert stages == ["teacher", "aux", "warmup", "student"]
+    made = ["aux"] * 2 if how == "kd" else ["aux_ce"] * 2 + ["aux"] * 2
+    assert stages == ["teacher", *made, "warmup", "student"]
     aux, meta = checkpoint.load_model(out / "aux_teacher.pt")
     assert meta["arch"] == "mbv2_cifar_w0.5"
     mapping = json.loads((out / "state.json").read_text())["warmup"]["info"]["mapping"]
     # the warm-up prunes the auxiliary teacher (w0.5: 80 channels at features.17), not the teacher
     assert mapping[0]["teacher_channels"] == aux.body.features[17].out_channels
+    # the auxiliary is made from the teacher (w0.75: 120 channels), then teaches stage 2 itself
+    assert widths == [120, 80]
+    report = json.loads((out / "report.json").read_text())
+    assert report["student"]["training"]["teacher"] == "aux_teacher.pt"
+    assert report["student"]["epochs"] == {"warmup": 1, "distill": 1, "total": 2}
+
+
+def test_auxiliary_teacher_for_the_warmup_only_keeps_the_teacher_for_stage_2(tmp_path):
+    out = tmp_path / "run"
+    r = _compress(*TINY, "--teacher-arch", "mbv2_cifar_w0.75", "--student", "mbv2_cifar_w0.25",
+                  "--method", "indistill+kd", "--no-bench", "--epochs", "2",
+                  "--set", "distill.aux_teacher=mbv2_cifar_w0.5", "--set", "distill.aux_teaches=warmup",
+                  "--set", "distill.indistill_a=1", "--set", "distill.indistill_b=0",
+                  "--set", "distill.indistill_max_layers=1", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["student"]["training"]["teacher"] == "teacher.pt"

@@ -41,13 +41,16 @@ def test_ablation_end_to_end_and_resumable(tmp_path):
     args = ["experiment", "ablation", "--seeds", "2", "--out", str(out), *TINY_EXP,
             "--teacher-arch", "mbv2_cifar_w0.5", "--student", "mbv2_cifar_w0.25",  # prunable pair
             "--set", "ig.steps=2", "--set", "distill.indistill_a=1", "--set", "distill.indistill_b=0",
-            "--json"]
+            "--set", "distill.indistill_max_layers=1", "--epochs", "2", "--json"]
     r = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output[r.output.index("{"):])
     rows = {row["label"]: row for row in doc["table"]["rows"]}
     assert set(rows) == set(PAPER_ABLATION) and rows["kd"]["last_epoch"]["n"] == 2
     assert "p_vs_student" in rows["kd"] and "p_vs_kd" in rows["kd+ig"]
+    # every method trains the same 2 epochs: the warm-up's 1 comes out of them
+    assert {row["epochs"] for row in rows.values()} == {2}
+    assert rows["indistill+kd"]["warmup_epochs"] == 1 and rows["kd"]["warmup_epochs"] == 0
     # the runs with `ig` shared one computation of the maps
     caches = list((out / "ig").iterdir())
     assert len([c for c in caches if c.is_dir()]) == 1
@@ -55,7 +58,8 @@ def test_ablation_end_to_end_and_resumable(tmp_path):
     assert report["ig"]["cache"] == str([c for c in caches if c.is_dir()][0].resolve())
     for name in ("ablation.md", "ablation.json", "ablation.png"):
         assert (out / name).stat().st_size > 0
-    assert "| kd | 2 |" in (out / "ablation.md").read_text()
+    assert "| kd | 2 | 2 |" in (out / "ablation.md").read_text()
+    assert "| indistill+kd | 2 | 2 (1 warm-up) |" in (out / "ablation.md").read_text()
     assert not (out / "runs" / "kd" / "s0" / "student.onnx").exists()  # accuracy only
     # a second invocation redoes nothing and reports the same numbers
     mtime = (out / "runs" / "kd" / "s1" / "student.pt").stat().st_mtime_ns

@@ -56,7 +56,7 @@ def test_target_table():
     assert resolve_opset("jetson-jp5") == (17, 8)  # TensorRT 8.5: opsets up to 17
     assert resolve_opset("jetson-jp6") == (17, 8)  # JetPack 6.0 ships TensorRT 8.6 (<= 17)
     assert resolve_opset("jetson-jp7") == (20, 9)  # TensorRT 10.x
-    assert resolve_opset("cpu") == (18, 8)
+    assert resolve_opset("cpu") == (17, 8)
     assert resolve_opset("cpu", 21) == (21, 10)
     assert set(TARGETS) == {"jetson-jp5", "jetson-jp6", "jetson-jp7", "cpu"}
     with pytest.raises(EdgeKDError, match="cannot be parsed on jetson-jp6.*up to 17"):

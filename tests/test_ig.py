@@ -349,9 +349,10 @@ def test_default_method_is_indistill_kd_ig_end_to_end(tmp_path):
     assert TINY[:2] == ["--method", "kd"]
     tiny = TINY[2:]
     r = _cli("compress", *tiny, "--teacher-arch", "mbv2_cifar_w0.5", "--student", "mbv2_cifar_w0.25",
-             "--ig-steps", "2", "--no-bench", "--epochs", "1",
+             "--ig-steps", "2", "--no-bench", "--epochs", "2",
              "--set", "export.enabled=false", "--set", "distill.indistill_a=1",
-             "--set", "distill.indistill_b=0", "--out", str(out))
+             "--set", "distill.indistill_b=0", "--set", "distill.indistill_max_layers=1",
+             "--out", str(out))
     assert r.exit_code == 0, r.output
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == "indistill+kd+ig"

@@ -31,7 +31,7 @@ def test_pruning_keeps_exactly_the_top_l1_filters():
 
 
 def test_curriculum_spans():
-    assert curriculum(3, a=2, b=1) == [(1, 2), (3, 5), (6, 9)]  # 2, 3, 4 epochs
+    assert curriculum(3, a=2, b=1) == [(1, 3), (4, 7), (8, 12)]  # 3, 4, 5 epochs (l from 1)
     assert curriculum(2, a=1, b=0) == [(1, 1), (2, 2)]
     with pytest.raises(MappingError):
         curriculum(2, a=0, b=0)
@@ -76,7 +76,7 @@ def test_curriculum_activates_each_layer_for_its_epochs_and_learns(tmp_path):
     teacher = create_model("mbv2_cifar_w0.5", 10, data.mean, data.std).eval()
     student = create_model("mbv2_cifar_w0.25", 10, data.mean, data.std)
     pairs = build_mapping(student, teacher, auto_mapping(student, max_layers=2), 16)
-    obj = InDistillObjective(teacher, pairs, a=1, b=1)  # 1 then 2 epochs
+    obj = InDistillObjective(teacher, pairs, a=0, b=1)  # 1 then 2 epochs
     rec = _Recorder(obj)
     result = engine.train(
         student, data.train, data.val, data.test,
@@ -89,3 +89,18 @@ def test_curriculum_activates_each_layer_for_its_epochs_and_learns(tmp_path):
     assert rec.active == [0, 1, 1]
     losses = [r["train_loss"] for r in result.history]
     assert losses[2] < losses[1]  # the second layer's MSE falls while it is active
+
+
+def test_the_teacher_runs_only_as_far_as_the_active_layer():
+    from edgekd.distill.hooks import FeatureTap, forward_until
+
+    teacher = create_model("mbv2_cifar_w0.5", 10).eval()
+    calls = []
+    teacher.body.classifier.register_forward_hook(lambda *a: calls.append(1))
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        out = forward_until(teacher, "body.features.10", x)
+        assert calls == []  # nothing after features.10 ran
+        with FeatureTap(teacher, ["body.features.10"]) as tap:
+            teacher(x)
+    assert torch.equal(out, tap["body.features.10"]) and calls == [1]

@@ -7,6 +7,10 @@ the student sees, and is split off afterwards. Then per sample: map ** s with s 
 in [1, 2], min-max to [0, 1], copied to 3 channels, and with probability p
 x := (1 - blend) * x + blend * map. Random numbers come from the engine's per-epoch
 generator, so an interrupted run resumes bit for bit. Nothing is overlaid at test time.
+
+With `clean_for_teacher` the transform returns `(overlaid, clean)`: the same crop and flip
+without the overlay, for a teacher whose KD/AT targets should come from the clean image (the
+papers' code took its teacher outputs from un-overlaid images).
 """
 
 from __future__ import annotations
@@ -36,15 +40,19 @@ def overlay(x: torch.Tensor, maps: torch.Tensor, p: float, blend: float,
 class IGOverlay:
     """Crop/flip image and map together, then overlay (a `BatchTransform` for the engine)."""
 
-    def __init__(self, maps: torch.Tensor, settings: AugmentSettings, p: float, blend: float):
+    def __init__(self, maps: torch.Tensor, settings: AugmentSettings, p: float, blend: float,
+                 clean_for_teacher: bool = False):
         self.maps = maps  # (N, H, W), index-aligned with the training split; float16 is fine
         self.settings = settings
         self.p, self.blend = p, blend
+        self.clean_for_teacher = clean_for_teacher
 
-    def __call__(self, x: torch.Tensor, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, idx: torch.Tensor, g: torch.Generator):
         if self.maps.device != x.device:
             self.maps = self.maps.to(x.device)
         m = self.maps[idx.to(x.device)].float()
         both = torch.cat([x.float().div_(255.0), m[:, None]], dim=1)
         both = random_crop_flip(both, self.settings, g)
-        return overlay(both[:, :3], both[:, 3], self.p, self.blend, g)
+        clean = both[:, :3]
+        mixed = overlay(clean, both[:, 3], self.p, self.blend, g)
+        return (mixed, clean.contiguous()) if self.clean_for_teacher else mixed

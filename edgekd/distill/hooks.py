@@ -70,3 +70,29 @@ class FeatureTap:
 
     def __getitem__(self, path: str) -> torch.Tensor:
         return self.features[path]
+
+
+class _Reached(Exception):
+    """Raised by `forward_until`'s hook to stop a forward pass once the layer has run."""
+
+
+def forward_until(model: nn.Module, path: str, x: torch.Tensor) -> torch.Tensor:
+    """The output of module `path` for input `x`, running `model` only as far as that module
+    (a frozen teacher's later layers cost time and change nothing). Call under `no_grad`."""
+    module = get_module(model, path)
+    out: dict[str, torch.Tensor] = {}
+
+    def hook(_module, _inputs, output):
+        out["y"] = output
+        raise _Reached
+
+    handle = module.register_forward_hook(hook)
+    try:
+        model(x)
+    except _Reached:
+        pass
+    finally:
+        handle.remove()
+    if "y" not in out:
+        raise LayerPathError(f"{path} did not run in {type(model).__name__}'s forward pass")
+    return out["y"]

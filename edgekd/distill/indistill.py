@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
-from edgekd.distill.hooks import FeatureTap, get_module
+from edgekd.distill.hooks import FeatureTap, forward_until, get_module
 from edgekd.errors import EdgeKDError
 
 # Stage ends of the CIFAR MobileNetV2 `features` (16, 24, 32, 64, 96, 160, 320 channels).
@@ -115,15 +115,22 @@ def build_mapping(student: nn.Module, teacher: nn.Module, pairs: list[tuple[str,
 
 
 def curriculum(n_layers: int, a: int = 2, b: int = 1) -> list[tuple[int, int]]:
-    """(first_epoch, last_epoch) of each layer, 1-based: layer l trains for a + b*l epochs."""
+    """(first_epoch, last_epoch) of each layer, 1-based: layer l (counted from 1, shallow to
+    deep) trains for S_l = a + b*l epochs, as the public code's switch points a+1, a+1+a+2, ...
+    (PAPERS.md): a = 2, b = 1 gives three layers 3, 4 and 5 epochs."""
     spans, start = [], 1
-    for layer in range(n_layers):
+    for layer in range(1, n_layers + 1):
         length = a + b * layer
         if length < 1:
             raise MappingError(f"InDistill layer {layer} gets {length} epochs: choose a, b so a + b*l >= 1")
         spans.append((start, start + length - 1))
         start += length
     return spans
+
+
+def warmup_epochs(n_layers: int, a: int = 2, b: int = 1) -> int:
+    """Epochs of the whole warm-up: the sum of S_l over the mapped layers."""
+    return curriculum(n_layers, a, b)[-1][1] if n_layers else 0
 
 
 class InDistillObjective:
@@ -164,8 +171,8 @@ class InDistillObjective:
         with FeatureTap(model, [pair.student]) as s_tap:
             logits = model(x)
         self.teacher.eval()
-        with torch.no_grad(), FeatureTap(self.teacher, [pair.teacher]) as t_tap:
-            self.teacher(x)
-        target = t_tap[pair.teacher].index_select(1, self.kept[self.active])
+        with torch.no_grad():  # the teacher runs only as far as the active layer
+            target = forward_until(self.teacher, pair.teacher, x)
+        target = target.index_select(1, self.kept[self.active])
         loss = F.mse_loss(s_tap[pair.student].float(), target.float())
         return loss, logits

@@ -82,6 +82,11 @@ class PKTLoss(LossTerm):
     conditional probabilities; loss = KL(teacher || student) averaged over the batch. Works
     across feature widths (1280-d teacher, 96-d student). The InDistill code's variant (an
     extra 1/(1+d) kernel and a Jeffreys divergence) is not used.
+
+    Scale: each row's KL is summed over its B entries and the rows are averaged, i.e. the sum
+    over the B x B matrix divided by B. Passalis' and RepDistiller's code take the mean over
+    all B x B entries, so edgekd's value is B times theirs: a published weight w at batch B
+    is w / B here (RepDistiller's 30000 at batch 64 is about 470).
     """
 
     name = "pkt"
@@ -121,7 +126,8 @@ class FitNetLoss(LossTerm):
 class DistillObjective:
     """task_weight * CE + sum(weight * term), with a frozen teacher run under no_grad.
 
-    The teacher sees exactly the batch the student sees (same augmentation), in eval mode.
+    The teacher sees the batch the student sees (same augmentation), in eval mode, unless the
+    transform hands it a view of its own (`teacher_x`: the clean image under an IG overlay).
     Features the terms declare are tapped from both models by module path.
     """
 
@@ -138,14 +144,15 @@ class DistillObjective:
         extra = {t.name: t.trainable for _, t in terms if t.trainable is not None}
         self.trainable = nn.ModuleDict(extra) if extra else None
 
-    def __call__(self, model, x, y, idx):
+    def __call__(self, model, x, y, idx, teacher_x=None):
+        """`teacher_x`: the teacher's own view of the batch (default: the student's `x`)."""
         with FeatureTap(model, self._s_paths) as s_tap:
             logits = model(x)
         loss = self.task_weight * F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         if self.terms:
             self.teacher.eval()  # the engine may have put everything in train mode
             with torch.no_grad(), FeatureTap(self.teacher, self._t_paths) as t_tap:
-                t_logits = self.teacher(x)
+                t_logits = self.teacher(x if teacher_x is None else teacher_x)
             s_out = Outputs(logits, dict(s_tap.features))
             t_out = Outputs(t_logits, dict(t_tap.features))
             for weight, term in self.terms:

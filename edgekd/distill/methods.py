@@ -35,15 +35,33 @@ def _features(model: nn.Module):
     return getattr(getattr(model, "body", None), "features", None)
 
 
+# The full CIFAR MobileNetV2 has 19 `features` modules; the papers index into that list.
+FULL_DEPTH = 19
+
+
+def at_divisor(removed: int | None) -> int:
+    """PAPERS.md: d = 2 for L in 3-7 (and the full-depth families), 4 for 9-13, 8 for 15, 20 for 17."""
+    if removed is None:
+        return 2
+    return 2 if removed <= 7 else 4 if removed <= 13 else 8 if removed <= 15 else 20
+
+
 def auto_at_layer(student: nn.Module, removed: int | None) -> str:
-    """PAPERS.md: features[len(features) // d], d = 2 (L 3-7), 4 (9-13), 8 (15), 20 (17)."""
+    """The AT (and FitNet) layer `features[19 // d]`, for teacher and student alike.
+
+    The index is into the *full* 19-module network, as the public code's `middle_index` (not
+    into a truncated student's shorter list): features.9 for the 4.1x student.
+    """
     features = _features(student)
     if features is None:
         raise EdgeKDError("no automatic AT layer for this student: set distill.at_layer=STUDENT_PATH:TEACHER_PATH")
-    d = 2
-    if removed is not None:
-        d = 2 if removed <= 7 else 4 if removed <= 13 else 8 if removed <= 15 else 20
-    return f"body.features.{len(features) // d}"
+    index = FULL_DEPTH // at_divisor(removed)
+    if index >= len(features):
+        raise EdgeKDError(
+            f"the automatic AT layer features.{index} is past this student's {len(features)} "
+            "feature modules: set distill.at_layer=STUDENT_PATH:TEACHER_PATH"
+        )
+    return f"body.features.{index}"
 
 
 def penultimate(model: nn.Module) -> str:
@@ -74,7 +92,7 @@ def build_terms(methods: list[str], cfg, student: nn.Module, teacher: nn.Module,
         if d.fitnet_layer:
             s, t = parse_pair(d.fitnet_layer, "distill.fitnet_layer")
         else:
-            s = t = auto_at_layer(student, None)  # the middle of the student
+            s = t = auto_at_layer(student, removed)  # the AT layer (PAPERS.md)
         shapes_s = _shapes(student, [s], input_size)[s]
         shapes_t = _shapes(teacher, [t], input_size)[t]
         terms.append((d.fitnet_weight, FitNetLoss(s, t, shapes_s[1], shapes_t[1])))

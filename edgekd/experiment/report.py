@@ -22,16 +22,20 @@ def _fmt_p(p: float | None) -> str:
 def ablation_table(records: list[dict], baselines: tuple[str, ...] = ("student", "kd")) -> dict:
     """Per label: last-epoch and best-epoch accuracy over seeds, Welch p vs the baselines."""
     last, best = defaultdict(list), defaultdict(list)
-    seeds = defaultdict(list)
+    seeds, epochs = defaultdict(list), defaultdict(set)
     for r in records:
         s = r["report"]["student"]
         last[r["label"]].append(s["accuracy"])
         best[r["label"]].append(s["accuracy_best_epoch"])
         seeds[r["label"]].append(r["seed"])
+        plan = s.get("epochs") or {}
+        epochs[r["label"]].add((plan.get("total"), plan.get("warmup", 0)))
     rows = []
     for label in dict.fromkeys(r["label"] for r in records):
+        (total, warm), *_ = sorted(epochs[label], key=str)
         row = {"label": label, "seeds": seeds[label], "last_epoch": summarize(last[label]),
-               "best_epoch": summarize(best[label]), "values": last[label]}
+               "best_epoch": summarize(best[label]), "values": last[label],
+               "epochs": total, "warmup_epochs": warm}
         for b in baselines:
             if b in last and b != label:
                 row[f"p_vs_{b}"] = welch_p(last[label], last[b])
@@ -39,19 +43,29 @@ def ablation_table(records: list[dict], baselines: tuple[str, ...] = ("student",
     return {"metric": "student test top-1 (%)", "baselines": list(baselines), "rows": rows}
 
 
-def ablation_markdown(table: dict, title: str, command: str, machine: str) -> str:
+def _epochs_cell(row: dict) -> str:
+    total, warm = row.get("epochs"), row.get("warmup_epochs") or 0
+    if total is None:
+        return "n/a"
+    return f"{total} ({warm} warm-up)" if warm else str(total)
+
+
+def ablation_markdown(table: dict, title: str, command: str, machine: str,
+                      recipe: str = "") -> str:
     bl = table["baselines"]
-    head = ["method", "n", "last epoch mean ± sd", "best run", "best-val epoch mean ± sd"] + \
-        [f"p vs {b}" for b in bl]
+    head = ["method", "n", "epochs", "last epoch mean ± sd", "best run",
+            "best-val epoch mean ± sd"] + [f"p vs {b}" for b in bl]
     lines = [f"# {title}", "", f"Command: `{command}`", "", f"Machine: {machine}", "",
+             *([f"Recipe: {recipe}", ""] if recipe else []),
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table["rows"]:
         le, be = r["last_epoch"], r["best_epoch"]
-        cells = [r["label"], str(le["n"]), f"{_fmt(le['mean'])} ± {_fmt(le['sd'])}",
+        cells = [r["label"], str(le["n"]), _epochs_cell(r), f"{_fmt(le['mean'])} ± {_fmt(le['sd'])}",
                  _fmt(le["best"]), f"{_fmt(be['mean'])} ± {_fmt(be['sd'])}"]
         cells += [_fmt_p(r.get(f"p_vs_{b}")) if b != r["label"] else "—" for b in bl]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Accuracy: test top-1 of the student in %, last epoch (the papers' protocol); "
+    lines += ["", "Epochs: every epoch the student trained, the InDistill warm-up's included. "
+              "Accuracy: test top-1 of the student in %, last epoch (the papers' protocol); "
               "best-val epoch = the epoch with the best validation accuracy. p: two-sided Welch "
               "t-test on last-epoch accuracies. Seeds per method: "
               + (", ".join(map(str, table["rows"][0]["seeds"])) if table["rows"] else "none") + "."]

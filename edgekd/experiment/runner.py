@@ -14,6 +14,7 @@ A finished run is never redone: its run directory is reopened and every stage sk
 from __future__ import annotations
 
 import copy
+import multiprocessing
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -99,7 +100,8 @@ def run_grid(base: RunConfig, specs: list[RunSpec], out: Path, *, jobs: int = 1,
         return records
     # Independent runs in parallel, each with its share of the cores.
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
+    # Spawned, not forked: a parent that has used CUDA (the shared teacher) cannot fork it.
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [(spec, run_dir, pool.submit(_run_one, cfg.to_dict(), str(run_dir), threads))
                    for spec, cfg, run_dir in todo]
         for spec, run_dir, fut in futures:

@@ -6,7 +6,7 @@ import copy
 import platform
 from pathlib import Path
 
-from edgekd.config import METHODS, RunConfig
+from edgekd.config import METHODS, RunConfig, describe_recipe, recipe_deviations
 from edgekd.experiment import report as rp
 from edgekd.experiment.runner import RunSpec, run_grid, subset_fraction
 
@@ -49,7 +49,9 @@ def ablation(base: RunConfig, methods: list[str], seeds: list[int], out: Path, *
     table = rp.ablation_table(records)
     title = f"{name}: {base.student.arch} from {base.teacher.arch} on {base.data.dataset}"
     machine = _machine()
+    recipe = describe_recipe(base)
     doc = {"experiment": name, "command": command, "machine": machine,
+           "recipe": {"name": base.recipe, "deviations": recipe_deviations(base), "summary": recipe},
            "student": base.student.arch, "teacher": base.teacher.arch,
            "dataset": base.data.dataset, "epochs": base.student.train.epochs,
            "train_subset": base.data.train_subset, "seeds": seeds, "table": table,
@@ -57,7 +59,7 @@ def ablation(base: RunConfig, methods: list[str], seeds: list[int], out: Path, *
                     {"accuracy": r["report"]["student"]["accuracy"],
                      "accuracy_best_epoch": r["report"]["student"]["accuracy_best_epoch"]}
                     for r in records]}
-    rp.write_results(out, name, doc, rp.ablation_markdown(table, title, command, machine))
+    rp.write_results(out, name, doc, rp.ablation_markdown(table, title, command, machine, recipe))
     rp.bar_plot(table, out / f"{name}.png", title)
     return doc
 
@@ -85,14 +87,17 @@ def sweep(base: RunConfig, students: list[str], method: str, seeds: list[int], o
     records = run_grid(base, specs, out, jobs=jobs, reporter=reporter)
     rows = rp.sweep_rows(records)
     doc = {"experiment": "sweep", "command": command, "machine": _machine(), "method": method,
-           "teacher": base.teacher.arch, "dataset": base.data.dataset, "rows": rows}
+           "teacher": base.teacher.arch, "dataset": base.data.dataset, "rows": rows,
+           "recipe": {"name": base.recipe, "deviations": recipe_deviations(base),
+                      "summary": describe_recipe(base)}}
     lines = ["| student | seed | CF | MACs | params | accuracy | latency p50 b1 (ms) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['student']} | {r['seed']} | {r['compression_factor']} | "
                      f"{r['macs'] / 1e6:.1f} M | {r['params']:,} | {r['accuracy']:.2f} | "
                      f"{rp._fmt(r['latency_p50_ms_b1'], 3)} |")
-    md = f"# sweep ({method})\n\nCommand: `{command}`\n\nMachine: {doc['machine']}\n\n" + "\n".join(lines) + "\n"
+    md = (f"# sweep ({method})\n\nCommand: `{command}`\n\nMachine: {doc['machine']}\n\n"
+          f"Recipe: {doc['recipe']['summary']}\n\n" + "\n".join(lines) + "\n")
     rp.write_results(out, "sweep", doc, md)
     rp.sweep_plot(rows, out / "sweep.png", f"accuracy vs compression ({method})")
     return doc

@@ -19,13 +19,20 @@ from typing import Protocol
 import torch
 
 from edgekd import __version__, distributed
-from edgekd.config import RunConfig, TeacherConfig, validate
+from edgekd.config import (
+    NORMS,
+    RunConfig,
+    TeacherConfig,
+    describe_recipe,
+    recipe_deviations,
+    validate,
+)
 from edgekd.data import Dataset, load_dataset
 from edgekd.data.augment import AugmentSettings
 from edgekd.data.dataset import stratified_split
-from edgekd.distill.indistill import InDistillObjective, auto_mapping, build_mapping
-from edgekd.distill.losses import DistillObjective, KDLoss
-from edgekd.distill.methods import LOSS_TERMS, build_terms, parse_pair
+from edgekd.distill.indistill import InDistillObjective, auto_mapping, build_mapping, warmup_epochs
+from edgekd.distill.losses import DistillObjective, KDLoss, PKTLoss
+from edgekd.distill.methods import LOSS_TERMS, build_terms, parse_pair, penultimate
 from edgekd.errors import EdgeKDError, ModelError
 from edgekd.export.onnx import export_onnx, parity_check
 from edgekd.io import sha256_file, sha256_json, write_json
@@ -76,6 +83,7 @@ def compress(
     data = prepare_data(cfg)
     if cfg.teacher.checkpoint:
         load_teacher_checkpoint(cfg.teacher, data)
+    epoch_plan(cfg, data.num_classes)  # a warm-up that leaves no epochs is refused here
     run = RunDir(out)
     status = _on_main(lambda: run.open(cfg, resume=resume, force=force))
     ctx = Context(cfg, run, device, reporter, data=data)
@@ -155,15 +163,47 @@ def _augment(ctx: Context) -> AugmentSettings:
     return AugmentSettings(crop_padding=pad, hflip=ctx.data.hflip if d.hflip is None else d.hflip)
 
 
+def input_norm(ctx: Context, role: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) a new model of `role` normalises its raw [0, 1] input with."""
+    norm = getattr(ctx.cfg, role).norm
+    return (ctx.data.mean, ctx.data.std) if norm == "data" else NORMS[norm]
+
+
 def _new_model(ctx: Context, role: str) -> Classifier:
     # Seeded per role so the student's init does not depend on whether the teacher was trained.
     torch.manual_seed(ctx.cfg.seed * 2 + (role == "student"))
     arch = getattr(ctx.cfg, role).arch
-    return create_model(arch, ctx.data.num_classes, ctx.data.mean, ctx.data.std)
+    return create_model(arch, ctx.data.num_classes, *input_norm(ctx, role))
+
+
+def _warmup_pairs(cfg: RunConfig, student: torch.nn.Module) -> list[tuple[str, str]]:
+    d = cfg.distill
+    return ([parse_pair(p, "distill.indistill_layers") for p in d.indistill_layers]
+            or auto_mapping(student, d.indistill_max_layers))
+
+
+def epoch_plan(cfg: RunConfig, num_classes: int) -> dict:
+    """How the student's epochs (`student.train.epochs`) split: the InDistill warm-up's come
+    out of the same budget, so every method of an ablation trains the same number of epochs
+    (the InDistill code counts its warm-up inside its 60). Refused when nothing is left."""
+    total = cfg.student.train.epochs
+    warm = 0
+    if "indistill" in cfg.method.split("+"):
+        d = cfg.distill
+        n = len(_warmup_pairs(cfg, create_model(cfg.student.arch, num_classes)))
+        warm = warmup_epochs(n, d.indistill_a, d.indistill_b)
+        if total - warm < 1:
+            spans = " + ".join(str(d.indistill_a + d.indistill_b * (i + 1)) for i in range(n))
+            raise EdgeKDError(
+                f"the InDistill warm-up takes {warm} of the student's {total} epochs ({spans}) "
+                f"and leaves none for distillation: pass --epochs {warm + 1} or more, or shorten "
+                "the curriculum (--set distill.indistill_a=1 --set distill.indistill_b=0)"
+            )
+    return {"warmup": warm, "distill": total - warm, "total": total}
 
 
 def _train(ctx: Context, stage: str, model, train_cfg, objective, key: str,
-           transform: engine.BatchTransform | None = None):
+           transform: engine.BatchTransform | None = None, evaluate_every_epoch: bool = True):
     ckpt_dir = ctx.run / "ckpt"
     ckpt_dir.mkdir(exist_ok=True)
     return engine.train(
@@ -172,6 +212,7 @@ def _train(ctx: Context, stage: str, model, train_cfg, objective, key: str,
         transform=transform or engine.StandardAugment(_augment(ctx)),
         state_path=ckpt_dir / f"{stage}.state.pt", metrics_path=ctx.run / METRICS,
         settings_key=key, resume=True, tb_dir=ctx.run / "tb", callback=ctx.reporter,
+        evaluate_every_epoch=evaluate_every_epoch,
     )
 
 
@@ -202,7 +243,8 @@ def stage_teacher(ctx: Context) -> None:
         else {"train": tcfg.train.__dict__}
     )
     key = stage_key("teacher", tcfg.arch, source, data.fingerprint(), ctx.cfg.seed,
-                    ctx.device.type, _augment(ctx).__dict__)
+                    ctx.device.type, _augment(ctx).__dict__,
+                    *([tcfg.norm] if tcfg.norm != "data" and not tcfg.checkpoint else []))
     if ctx.run.stage_valid("teacher", key):
         ctx.reporter.stage("teacher", "skip", "teacher.pt is valid")
         return
@@ -337,7 +379,7 @@ def compute_ig(ctx: Context, force: bool = False, progress=None):
     return result
 
 
-def _overlay(ctx: Context) -> engine.BatchTransform:
+def _overlay(ctx: Context, clean_for_teacher: bool = False) -> engine.BatchTransform:
     from edgekd.attribution.cache import CacheError, MapCache
     from edgekd.attribution.overlay import IGOverlay
 
@@ -345,33 +387,50 @@ def _overlay(ctx: Context) -> engine.BatchTransform:
     maps = cache.load(relative=True)  # re-verified: every chunk's checksum
     if MapCache.content_id(cache.manifest()) != ctx.info["ig"]:
         raise CacheError(f"{cache.folder} changed while the run was using it: rerun with --resume")
-    return IGOverlay(maps, _augment(ctx), ctx.cfg.ig.p, ctx.cfg.ig.blend)
+    return IGOverlay(maps, _augment(ctx), ctx.cfg.ig.p, ctx.cfg.ig.blend, clean_for_teacher)
 
 
 def stage_aux_teacher(ctx: Context) -> None:
-    """InDistill's auxiliary teacher: a mid-size model distilled from the teacher with KD."""
+    """InDistill's auxiliary teacher, a mid-size model made from the teacher: with KD from
+    scratch (`distill.aux_method=kd`), or as the InDistill code makes it (`pkt`): a
+    cross-entropy baseline, then trained on with PKT from the teacher plus the task loss.
+    It is then pruned for the warm-up and (`distill.aux_teaches=both`) teaches stage 2 too."""
     cfg = ctx.cfg
-    arch = cfg.distill.aux_teacher
+    d = cfg.distill
+    arch = d.aux_teacher
     if arch is None:
         return
     tcfg = cfg.student.train
-    key = stage_key("aux", arch, tcfg.__dict__, cfg.kd.__dict__, ctx.run.output_hash("teacher.pt"),
-                    ctx.data.fingerprint(), cfg.seed, ctx.device.type, _augment(ctx).__dict__)
+    how = cfg.kd.__dict__ if d.aux_method == "kd" else {"pkt_weight": d.pkt_weight}
+    key = stage_key("aux", arch, d.aux_method, how, tcfg.__dict__, cfg.student.norm,
+                    ctx.run.output_hash("teacher.pt"), ctx.data.fingerprint(), cfg.seed,
+                    ctx.device.type, _augment(ctx).__dict__)
     if ctx.run.stage_valid("aux", key):
         ctx.reporter.stage("aux", "skip", f"{AUX} is valid")
         return
-    ctx.reporter.stage("aux", "start", f"distilling the auxiliary teacher {arch}")
+    ctx.reporter.stage("aux", "start", f"making the auxiliary teacher {arch} ({d.aux_method})")
     torch.manual_seed(cfg.seed * 2 + 7)
-    model = create_model(arch, ctx.data.num_classes, ctx.data.mean, ctx.data.std)
-    objective = DistillObjective(_frozen_teacher(ctx), [(cfg.kd.alpha, KDLoss(cfg.kd.temperature))],
-                                 task_weight=1.0 - cfg.kd.alpha)
+    model = create_model(arch, ctx.data.num_classes, *input_norm(ctx, "student"))
+    teacher = _frozen_teacher(ctx)
+    extra: dict = {}
+    if d.aux_method == "kd":
+        objective = DistillObjective(teacher, [(cfg.kd.alpha, KDLoss(cfg.kd.temperature))],
+                                     task_weight=1.0 - cfg.kd.alpha)
+    else:
+        # A finished baseline's state file makes this a no-op on resume, so an interruption
+        # in the PKT part does not retrain the baseline.
+        base = _train(ctx, "aux_ce", model, tcfg, engine.CrossEntropy(tcfg.label_smoothing), key)
+        extra["baseline"] = base.summary()
+        objective = DistillObjective(
+            teacher, [(d.pkt_weight, PKTLoss(penultimate(model), penultimate(teacher)))])
     result = _train(ctx, "aux", model, tcfg, objective, key)
-    summary = {"arch": arch, **result.summary()}
+    summary = {"arch": arch, "method": d.aux_method, **extra, **result.summary()}
     def save():
         checkpoint.save_model(model.cpu(), ctx.run / AUX, arch, ctx.data.classes,
                               input_size=ctx.data.input_size, dataset=ctx.data.name, training=summary)
         ctx.run.mark_done("aux", key, [AUX], summary)
-        (ctx.run / "ckpt" / "aux.state.pt").unlink(missing_ok=True)
+        for stage in ("aux_ce", "aux"):
+            (ctx.run / "ckpt" / f"{stage}.state.pt").unlink(missing_ok=True)
 
     _on_main(save)
     ctx.reporter.stage("aux", "done", f"test top-1 {summary['last_epoch']['test_acc']:.2f} %")
@@ -387,14 +446,13 @@ def stage_warmup(ctx: Context) -> None:
     source = AUX if d.aux_teacher else "teacher.pt"
     key = stage_key("warmup", scfg.arch, scfg.train.__dict__, indistill, source,
                     ctx.run.output_hash(source), ctx.data.fingerprint(), cfg.seed,
-                    ctx.device.type, _augment(ctx).__dict__)
+                    ctx.device.type, _augment(ctx).__dict__, scfg.norm)
     if ctx.run.stage_valid("warmup", key):
         ctx.reporter.stage("warmup", "skip", f"{WARMUP} is valid")
         return
     model = _new_model(ctx, "student")
     teacher = _frozen_teacher(ctx, source.removesuffix(".pt"))
-    pairs = ([parse_pair(p, "distill.indistill_layers") for p in d.indistill_layers]
-             or auto_mapping(model, d.indistill_max_layers))
+    pairs = _warmup_pairs(cfg, model)
     mapping = build_mapping(model.to(ctx.device), teacher, pairs, ctx.data.input_size)
     objective = InDistillObjective(teacher, mapping, d.indistill_a, d.indistill_b)
     ctx.reporter.stage("warmup", "start", "InDistill over " + ", ".join(
@@ -403,7 +461,8 @@ def stage_warmup(ctx: Context) -> None:
     # Constant lr as the InDistill code; one optimizer for the whole curriculum.
     wcfg = dataclasses.replace(scfg.train, epochs=objective.epochs, lr=d.indistill_lr,
                                schedule="constant")
-    result = _train(ctx, "warmup", model, wcfg, objective, key)
+    # The classifier head does not train in the warm-up: only its last epoch is evaluated.
+    result = _train(ctx, "warmup", model, wcfg, objective, key, evaluate_every_epoch=False)
     summary = {
         "mapping": [dataclasses.asdict(p) for p in mapping],
         "curriculum": [{"layer": p.student, "epochs": [a, b]} for p, (a, b) in zip(mapping, objective.spans, strict=True)],
@@ -423,30 +482,39 @@ def stage_student(ctx: Context) -> None:
     cfg = ctx.cfg
     scfg = cfg.student
     methods = cfg.method.split("+")
+    plan = epoch_plan(cfg, ctx.data.num_classes)
     init = ctx.run.output_hash(WARMUP) if "indistill" in methods else None
+    # The auxiliary teacher teaches stage 2 as well, as in the InDistill paper and code.
+    source = AUX if cfg.distill.aux_teacher and cfg.distill.aux_teaches == "both" else "teacher.pt"
+    uses_teacher = any(m in LOSS_TERMS for m in methods)
     # With overlays the student depends on the maps themselves (their content id), not only
     # on the settings that made them.
     ig = [cfg.ig.__dict__, ctx.info["ig"]] if "ig" in methods else []
     key = stage_key("student", scfg.arch, scfg.train.__dict__, cfg.method, cfg.kd.__dict__,
                     cfg.distill.__dict__, init, ctx.run.output_hash("teacher.pt"),
-                    ctx.data.fingerprint(), cfg.seed, ctx.device.type, _augment(ctx).__dict__, *ig)
+                    ctx.data.fingerprint(), cfg.seed, ctx.device.type, _augment(ctx).__dict__, *ig,
+                    scfg.norm, plan, *([source, ctx.run.output_hash(source)] if source == AUX else []))
     if ctx.run.stage_valid("student", key):
         ctx.reporter.stage("student", "skip", "student.pt is valid")
         return
-    ctx.reporter.stage("student", "start", f"distilling {scfg.arch} with {cfg.method}")
+    teaching = f" from {source.removesuffix('.pt')}" if uses_teacher else ""
+    ctx.reporter.stage("student", "start", f"distilling {scfg.arch} with {cfg.method}{teaching}, "
+                       f"{plan['distill']} of {plan['total']} epochs")
     model = _new_model(ctx, "student")
     if init is not None:
         model = _load_run_model(ctx, WARMUP.removesuffix(".pt"))
     ls = scfg.train.label_smoothing
-    if any(m in LOSS_TERMS for m in methods):
-        teacher = _frozen_teacher(ctx)
+    if uses_teacher:
+        teacher = _frozen_teacher(ctx, source.removesuffix(".pt"))
         terms, task_weight = build_terms(methods, cfg, model, teacher, ctx.data.input_size)
         objective = DistillObjective(teacher, terms, task_weight=task_weight, label_smoothing=ls)
     else:
         objective = engine.CrossEntropy(ls)
-    transform = _overlay(ctx) if "ig" in methods else None
-    result = _train(ctx, "student", model, scfg.train, objective, key, transform)
-    summary = {"method": cfg.method, **result.summary()}
+    clean = uses_teacher and cfg.distill.teacher_input == "clean"
+    transform = _overlay(ctx, clean_for_teacher=clean) if "ig" in methods else None
+    train_cfg = dataclasses.replace(scfg.train, epochs=plan["distill"])
+    result = _train(ctx, "student", model, train_cfg, objective, key, transform)
+    summary = {"method": cfg.method, "teacher": source, "epoch_plan": plan, **result.summary()}
     def save():
         checkpoint.save_model(model.cpu(), ctx.run / "student.pt", scfg.arch, ctx.data.classes,
                               input_size=ctx.data.input_size, dataset=ctx.data.name,
@@ -581,6 +649,8 @@ def _model_entry(ctx: Context, role: str) -> dict:
         "macs": count_macs(model, ctx.data.input_size),
         "accuracy": round(training["last_epoch"]["test_acc"], 2),
         "accuracy_best_epoch": round(training["best_epoch"]["test_acc"], 2),
+        # Every epoch the model trained, split into stages (the warm-up counts for a student).
+        "epochs": training.get("epoch_plan") or {"total": training.get("epochs")},
         "training": training,
     }
 
@@ -618,6 +688,8 @@ def build_report(ctx: Context, wall_time_s: float) -> dict:
         "edgekd_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "method": ctx.cfg.method,
+        "recipe": {"name": ctx.cfg.recipe, "deviations": recipe_deviations(ctx.cfg),
+                   "summary": describe_recipe(ctx.cfg)},
         "dataset": {k: v for k, v in ctx.info["data"].items() if k != "classes"} | {
             "classes": ctx.data.classes},
         "seed": ctx.cfg.seed,

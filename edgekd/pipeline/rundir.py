@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from edgekd import __version__
-from edgekd.config import RunConfig
+from edgekd.config import RunConfig, recipe_deviations
 from edgekd.errors import RunDirError
 from edgekd.io import sha256_file, sha256_json, write_json, write_text
 
@@ -101,6 +101,8 @@ class RunDir:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": _versions(),
             "settings": cfg.to_dict(),
+            # What differs from the named recipe (edgekd.recipes), for readers of the run.
+            "recipe": {"name": cfg.recipe, "deviations": recipe_deviations(cfg)},
         }
         write_text(p / CONFIG, yaml.safe_dump(doc, sort_keys=False))
         return "new"

@@ -44,9 +44,15 @@ class Objective(Protocol):
 
 
 class BatchTransform(Protocol):
-    """uint8 batch (on device) + dataset indices + generator -> float model input in [0, 1]."""
+    """uint8 batch (on device) + dataset indices + generator -> float model input in [0, 1].
 
-    def __call__(self, x: torch.Tensor, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor: ...
+    A transform may return `(student_input, teacher_input)` instead (the same geometry, e.g.
+    an IG overlay for the student only); the engine then passes the second to the objective
+    as `teacher_x=`.
+    """
+
+    def __call__(self, x: torch.Tensor, idx: torch.Tensor,
+                 g: torch.Generator) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class CrossEntropy:
@@ -195,6 +201,7 @@ def train(
     resume: bool = False,
     tb_dir: Path | None = None,
     callback: Callback | None = None,
+    evaluate_every_epoch: bool = True,
 ) -> TrainResult:
     """Train `model` in place; checkpoint every epoch to `state_path`; log to `metrics_path`.
 
@@ -202,6 +209,9 @@ def train(
     global batch (same generator), augments it identically and trains on its strided share;
     gradients are averaged, so one step matches a single-process step on the whole batch
     except for BatchNorm, whose batch statistics are per rank. Rank 0 writes the files.
+
+    `evaluate_every_epoch=False` evaluates after the last epoch only (a warm-up whose
+    classifier head does not train has no accuracy worth a pass over val and test).
     """
     model.to(device)
     channels_last = cfg.channels_last
@@ -275,16 +285,23 @@ def train(
                 idx = order[s * bs : (s + 1) * bs]
                 idx_dev = idx.to(device)
                 x = transform(images_dev[idx_dev], idx, gen)
+                x, x_t = x if isinstance(x, tuple) else (x, None)
                 y = labels_dev[idx_dev]
                 if world > 1:  # this rank's share of the identically augmented global batch
                     x, y, idx_dev = x[rank::world], y[rank::world], idx_dev[rank::world]
+                    x_t = x_t[rank::world] if x_t is not None else None
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
+                    if x_t is not None:
+                        x_t = x_t.contiguous(memory_format=torch.channels_last)
                 lr = lr_at(cfg.schedule, cfg.lr, (epoch - 1) * steps + s, total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 with _autocast(device, cfg.amp):
-                    loss, logits = objective(net, x, y, idx_dev)
+                    if x_t is None:
+                        loss, logits = objective(net, x, y, idx_dev)
+                    else:
+                        loss, logits = objective(net, x, y, idx_dev, teacher_x=x_t)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if world > 1 and extra is not None:  # not inside DDP: average by hand
@@ -305,11 +322,13 @@ def train(
             if world > 1:  # every rank logs the global figures
                 totals = distributed.all_reduce_sum(torch.stack([loss_sum.float(), correct.float()]))
                 loss_sum, correct = totals[0], totals[1].long()
-            if cfg.bn_recalibration > 0:
-                recalibrate_batchnorm(model, train_split.images[: cfg.bn_recalibration], device,
-                                      channels_last=channels_last)
-            val_acc, val_loss = evaluate(model, val_split, device, channels_last=channels_last)
-            test_acc, test_loss = evaluate(model, test_split, device, channels_last=channels_last)
+            val_acc = val_loss = test_acc = test_loss = None
+            if evaluate_every_epoch or epoch == cfg.epochs:
+                if cfg.bn_recalibration > 0:
+                    recalibrate_batchnorm(model, train_split.images[: cfg.bn_recalibration], device,
+                                          channels_last=channels_last)
+                val_acc, val_loss = evaluate(model, val_split, device, channels_last=channels_last)
+                test_acc, test_loss = evaluate(model, test_split, device, channels_last=channels_last)
             record = {
                 "stage": stage, "epoch": epoch, "lr": lr,
                 "train_loss": loss_sum.item() / seen, "train_acc": 100.0 * correct.item() / seen,
@@ -338,7 +357,8 @@ def train(
             append_jsonl(metrics_path, record)
             if writer is not None:
                 for k in ("train_loss", "train_acc", "val_acc", "test_acc", "lr", "images_per_s"):
-                    writer.add_scalar(f"{stage}/{k}", record[k], epoch)
+                    if record[k] is not None:
+                        writer.add_scalar(f"{stage}/{k}", record[k], epoch)
                 writer.flush()
             if callback:
                 callback.on_epoch_end(stage, record)
@@ -352,8 +372,10 @@ def train(
 
 def _result(history: list[dict], has_val: bool) -> TrainResult:
     key = "val_acc" if has_val else "test_acc"
-    # Ties go to the later epoch: it has seen more training.
-    best = max(reversed(history), key=lambda r: r[key])
+    # Ties go to the later epoch: it has seen more training. Epochs left unevaluated (None)
+    # cannot be chosen.
+    scored = [r for r in reversed(history) if r[key] is not None] or [history[-1]]
+    best = max(scored, key=lambda r: r[key])
     best = {**best, "selected_on": "val" if has_val else "test (no val split: optimistic)"}
     return TrainResult(last=history[-1], best=best, history=history)
 
