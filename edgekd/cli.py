@@ -227,8 +227,10 @@ def _summary_table(report: dict) -> Table:
                   f"{s['accuracy_best_epoch']:.2f} %", "")
     def epochs(entry):
         plan = entry.get("epochs") or {}
+        if plan.get("total") is None:
+            return "given"  # a checkpoint trained elsewhere
         warm = plan.get("warmup")
-        return f"{plan.get('total')}" + (f" ({warm} warm-up)" if warm else "")
+        return f"{plan['total']}" + (f" ({warm} warm-up)" if warm else "")
 
     table.add_row("epochs", epochs(t), epochs(s), "")
     table.add_row("params", f"{t['params']:,}", f"{s['params']:,}",

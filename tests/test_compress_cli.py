@@ -302,10 +302,10 @@ def test_auxiliary_teacher_bridges_the_warmup_and_teaches_stage_2(tmp_path, monk
     aux, meta = checkpoint.load_model(out / "aux_teacher.pt")
     assert meta["arch"] == "mbv2_cifar_w0.5"
     mapping = json.loads((out / "state.json").read_text())["warmup"]["info"]["mapping"]
-    # the warm-up prunes the auxiliary teacher (w0.5: 80 channels at features.17), not the teacher
+    # the warm-up prunes the auxiliary teacher (w0.5), not the teacher
     assert mapping[0]["teacher_channels"] == aux.body.features[17].out_channels
-    # the auxiliary is made from the teacher (w0.75: 120 channels), then teaches stage 2 itself
-    assert widths == [120, 80]
+    # the auxiliary is made from the teacher (w0.75: 240 channels), then teaches stage 2 itself
+    assert widths == [240, 160]
     report = json.loads((out / "report.json").read_text())
     assert report["student"]["training"]["teacher"] == "aux_teacher.pt"
     assert report["student"]["epochs"] == {"warmup": 1, "distill": 1, "total": 2}

@@ -40,19 +40,19 @@ def test_curriculum_spans():
 def test_auto_mapping_and_spatial_check():
     teacher = create_model("mbv2_cifar", 10)
     student = create_model("mbv2_cifar_w0.5", 10)
-    pairs = build_mapping(student, teacher, auto_mapping(student), 32)
+    pairs = build_mapping(student, teacher, auto_mapping(student, teacher), 32)
     assert [p.student for p in pairs] == ["body.features.3", "body.features.10", "body.features.17"]
     assert [(p.student_channels, p.teacher_channels) for p in pairs] == [(16, 24), (32, 64), (160, 320)]
     with pytest.raises(MappingError, match="spatial sizes"):
         build_mapping(student, teacher, [("body.features.3", "body.features.5")], 32)
     with pytest.raises(MappingError, match="indistill_layers"):
-        auto_mapping(create_model("resnet18", 10))
+        auto_mapping(create_model("resnet18", 10), teacher)
 
 
 def test_pruned_teacher_target_is_the_kept_channels_of_the_unpruned_layer():
     teacher = create_model("mbv2_cifar", 10).eval()
     student = create_model("mbv2_cifar_w0.5", 10)
-    pairs = build_mapping(student, teacher, auto_mapping(student), 32)
+    pairs = build_mapping(student, teacher, auto_mapping(student, teacher), 32)
     obj = InDistillObjective(teacher, pairs)
     conv = last_conv(teacher.body.features[10])
     assert torch.equal(obj.kept[1], kept_channels(conv, 32))
@@ -75,7 +75,7 @@ def test_curriculum_activates_each_layer_for_its_epochs_and_learns(tmp_path):
     data.train = data.train.subset(range(0, len(data.train), 8))
     teacher = create_model("mbv2_cifar_w0.5", 10, data.mean, data.std).eval()
     student = create_model("mbv2_cifar_w0.25", 10, data.mean, data.std)
-    pairs = build_mapping(student, teacher, auto_mapping(student, max_layers=2), 16)
+    pairs = build_mapping(student, teacher, auto_mapping(student, teacher, max_layers=2), 16)
     obj = InDistillObjective(teacher, pairs, a=0, b=1)  # 1 then 2 epochs
     rec = _Recorder(obj)
     result = engine.train(

@@ -34,8 +34,9 @@ def _public_code_index(removed: int) -> int:
 
 @pytest.mark.parametrize("removed", TRUNCATIONS)
 def test_at_layer_indexes_the_full_network_for_every_truncation(removed):
-    student = create_model(f"mbv2_cifar_trunc{removed}", 10)
-    assert auto_at_layer(student, removed) == f"body.features.{_public_code_index(removed)}"
+    student, teacher = create_model(f"mbv2_cifar_trunc{removed}", 10), create_model("mbv2_cifar", 10)
+    layer = f"body.features.{_public_code_index(removed)}"
+    assert auto_at_layer(student, teacher, removed) == (layer, layer)
 
 
 def test_at_and_fitnet_default_to_features_9_for_the_4x_student_and_teacher():
@@ -60,13 +61,13 @@ def test_curriculum_gives_three_layers_3_4_5_epochs_at_the_defaults():
 # ---- fair epoch budget -------------------------------------------------------------------
 def test_the_warmup_comes_out_of_the_students_epochs():
     cfg = build_config(overrides={"method": "indistill+kd", "student.train.epochs": 20})
-    assert epoch_plan(cfg, 10) == {"warmup": 12, "distill": 8, "total": 20}
+    assert epoch_plan(cfg, 10, 16) == {"warmup": 12, "distill": 8, "total": 20}
     cfg.method = "kd"
-    assert epoch_plan(cfg, 10) == {"warmup": 0, "distill": 20, "total": 20}
+    assert epoch_plan(cfg, 10, 16) == {"warmup": 0, "distill": 20, "total": 20}
     cfg.method = "indistill+kd"
     cfg.student.train.epochs = 12
     with pytest.raises(EdgeKDError, match="takes 12 of the student's 12 epochs .*--epochs 13"):
-        epoch_plan(cfg, 10)
+        epoch_plan(cfg, 10, 16)
 
 
 def test_a_warmup_longer_than_the_budget_is_refused_before_anything_is_written(tmp_path):

@@ -75,3 +75,71 @@ def test_mac_counter_counts_a_known_conv():
 def test_builtin_list_contains_families():
     names = list_models()
     assert "mbv2_cifar" in names and "mbv2_cifar_trunc17" in names and "mbv2_cifar_w0.5" in names
+
+
+# ---- the fast student families (depth x width, MobileNetV3, ShuffleNetV2, CIFAR ResNets) ----
+NEW_FAMILIES = ("depth-width", "mobilenetv3-cifar", "shufflenetv2-cifar", "resnet-cifar")
+
+
+def _names(family):
+    return [n for n in list_models() if describe(n).family == family]
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_new_families_are_registered_with_cifar_strides(family):
+    names = _names(family)
+    assert len(names) >= 3
+    for name in names:
+        model = create_model(name, 7).eval()
+        assert model(torch.rand(2, 3, 32, 32)).shape == (2, 7)
+        body = model.body
+        last = dict(body.named_modules())[body.stage_paths[-1]]
+        # total stride 8, as the CIFAR MobileNetV2: a 32x32 image ends as a 4x4 or 8x8 map
+        feats = {}
+        last.register_forward_hook(lambda m, i, o: feats.setdefault("y", o))
+        with torch.no_grad():
+            model(torch.rand(1, 3, 32, 32))
+        assert feats["y"].shape[-1] in (4, 8), name
+        info = describe(name, num_classes=7)
+        assert info.macs > 0 and info.params == count_params(model)
+
+
+def test_depth_width_grid_cuts_layers_and_macs():
+    full = create_model("mbv2_cifar_w0.5", 10).body
+    half = create_model("mbv2_cifar_d0.5_w0.5", 10).body
+    quarter = create_model("mbv2_cifar_d0.25_w0.5", 10).body
+    assert (len(full.features), len(half.features), len(quarter.features)) == (19, 13, 9)
+    assert describe("mbv2_cifar_d0.25_w0.5").macs < describe("mbv2_cifar_d0.5_w0.5").macs \
+        < describe("mbv2_cifar_w0.5").macs
+    assert half.stage_paths[-1] == "features.11"  # ceil(n / 2) blocks: 1, 1, 2, 2, 2, 2, 1
+
+
+def test_cifar_resnets_have_he_et_al_sizes():
+    # He et al. 2016, Table 6: ResNet-20 0.27 M parameters, ~41 M MACs at 32x32
+    assert describe("resnet20_cifar").params == 272_474
+    assert abs(describe("resnet20_cifar").macs / 1e6 - 40.8) < 0.5
+    assert describe("resnet8_cifar").params < describe("resnet14_cifar").params \
+        < describe("resnet20_cifar").params < describe("resnet20_cifar_w2").params
+
+
+def test_warmup_and_at_layers_for_the_new_families():
+    from edgekd.distill.indistill import MappingError, auto_mapping, build_mapping
+    from edgekd.distill.methods import auto_at_layer
+    from edgekd.errors import EdgeKDError
+
+    teacher = create_model("mbv2_cifar", 10)
+    # a dense ResNet pairs each stage with the teacher stage of the same size and width
+    pairs = build_mapping(create_model("resnet20_cifar", 10), teacher,
+                          auto_mapping(create_model("resnet20_cifar", 10), teacher), 32)
+    assert [(p.student, p.teacher, p.student_channels, p.teacher_channels) for p in pairs] == [
+        ("body.layer1", "body.features.1", 16, 16), ("body.layer2", "body.features.6", 32, 32),
+        ("body.layer3", "body.features.10", 64, 64)]
+    # the grid pairs stage by stage although its block indices differ from the teacher's
+    grid = create_model("mbv2_cifar_d0.5_w0.5", 10)
+    assert auto_mapping(grid, teacher)[-1] == ("body.features.11", "body.features.17")
+    assert auto_at_layer(grid, teacher, None) == ("body.features.6", "body.features.9")
+    # a student wider than the teacher everywhere: the error lists both models' stages
+    with pytest.raises(MappingError, match=r"student body.layer1 32x32.*teacher body.features.1 16x32"):
+        auto_mapping(create_model("resnet8_cifar_w2", 10), teacher)
+    with pytest.raises(EdgeKDError, match=r"distill.at_layer=.*body.stage2, body.stage3"):
+        auto_at_layer(create_model("shufflenetv2_cifar_x0.5", 10), teacher, None)

@@ -23,9 +23,6 @@ from torch.nn.utils import prune
 from edgekd.distill.hooks import FeatureTap, forward_until, get_module
 from edgekd.errors import EdgeKDError
 
-# Stage ends of the CIFAR MobileNetV2 `features` (16, 24, 32, 64, 96, 160, 320 channels).
-_MBV2_STAGE_ENDS = (3, 6, 10, 13, 16, 17)
-
 
 class MappingError(EdgeKDError):
     """Teacher and student layers cannot be paired."""
@@ -74,22 +71,68 @@ def _shapes(model: nn.Module, paths: list[str], input_size: int) -> dict[str, to
     return {p: tap[p].shape for p in paths}
 
 
-def auto_mapping(student: nn.Module, max_layers: int = 3) -> list[tuple[str, str]]:
-    """Stage ends shared by two CIFAR MobileNetV2-family models, shallow to deep."""
-    features = getattr(getattr(student, "body", None), "features", None)
-    if features is None:
+def _stages(model: nn.Module) -> tuple[tuple[str, ...], str | None]:
+    body = getattr(model, "body", model)
+    prefix = "body." if body is not model else ""
+    paths = getattr(body, "stage_paths", None)
+    return (tuple(prefix + p for p in paths) if paths else ()), getattr(body, "layout", None)
+
+
+def _spread(pairs: list, max_layers: int) -> list:
+    """At most `max_layers` of `pairs`, evenly spread, always keeping the deepest."""
+    if len(pairs) <= max_layers:
+        return pairs
+    step = (len(pairs) - 1) / (max_layers - 1) if max_layers > 1 else 0
+    keep = sorted({round(len(pairs) - 1 - k * step) for k in range(max_layers)})
+    return [pairs[i] for i in keep]
+
+
+def auto_mapping(student: nn.Module, teacher: nn.Module, max_layers: int = 3,
+                 input_size: int = 32) -> list[tuple[str, str]]:
+    """Teacher/student layer pairs for the warm-up, shallow to deep, from the stage outputs
+    the model families declare (`stage_paths`).
+
+    Two MobileNetV2-family models (truncated, width, depth x width) pair stage by stage
+    (24, 32, 64, 96, 160, 320 channels; the 16-channel stage is left out). Other families pair
+    each student stage with the teacher stage of the same spatial size and the fewest channels
+    that are still at least the student's (pruning narrows, never widens). Anything else is a
+    MappingError naming the layers and the setting to pass.
+    """
+    s_paths, s_layout = _stages(student)
+    t_paths, t_layout = _stages(teacher)
+    fix = "give distill.indistill_layers as STUDENT_PATH:TEACHER_PATH pairs"
+    if not s_paths or not t_paths:
+        who, model = ("student", student) if not s_paths else ("teacher", teacher)
+        raise MappingError(f"no automatic InDistill layer mapping: the {who} "
+                           f"({type(getattr(model, 'body', model)).__name__}) declares no stage "
+                           f"outputs; {fix} of equal spatial size")
+    if s_layout == t_layout == "mbv2":
+        n = min(len(s_paths), len(t_paths))
+        pairs = list(zip(s_paths[1:n], t_paths[1:n], strict=True))
+        if not pairs:
+            raise MappingError("no teacher/student layers can be mapped for InDistill: the "
+                               "student is too shallow (only its 16-channel stage is left)")
+        return _spread(pairs, max_layers)
+    s_shapes = _shapes(student, list(s_paths), input_size)
+    t_shapes = _shapes(teacher, list(t_paths), input_size)
+    pairs = []
+    for s in s_paths:
+        ss = s_shapes[s]
+        fits = [t for t in t_paths if len(t_shapes[t]) == 4 and len(ss) == 4
+                and t_shapes[t][-2:] == ss[-2:] and t_shapes[t][1] >= ss[1]]
+        if fits:
+            best = min(fits, key=lambda t: (t_shapes[t][1], -t_paths.index(t)))
+            if not pairs or t_paths.index(best) > t_paths.index(pairs[-1][1]):
+                pairs.append((s, best))
+    if not pairs:
+        def listing(paths, shapes):
+            return ", ".join(f"{p} {shapes[p][1]}x{shapes[p][-1]}" for p in paths
+                             if len(shapes[p]) == 4)
         raise MappingError(
-            "no automatic InDistill layer mapping for this student: give "
-            "distill.indistill_layers as STUDENT_PATH:TEACHER_PATH pairs"
-        )
-    ends = [i for i in _MBV2_STAGE_ENDS if i < len(features)]
-    if not ends:
-        raise MappingError("no teacher/student layers can be mapped for InDistill: "
-                           "the student is too shallow")
-    if len(ends) > max_layers:  # evenly spread, always ending at the deepest shared stage
-        step = (len(ends) - 1) / (max_layers - 1) if max_layers > 1 else 0
-        ends = sorted({ends[round(len(ends) - 1 - k * step)] for k in range(max_layers)})
-    return [(f"body.features.{i}", f"body.features.{i}") for i in ends]
+            "no teacher/student layers can be mapped for InDistill (no stage of equal spatial "
+            f"size where the teacher is at least as wide): student {listing(s_paths, s_shapes)}; "
+            f"teacher {listing(t_paths, t_shapes)} (channels x size); {fix}, or use a wider teacher")
+    return _spread(pairs, max_layers)
 
 
 def build_mapping(student: nn.Module, teacher: nn.Module, pairs: list[tuple[str, str]],

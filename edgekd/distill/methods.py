@@ -46,22 +46,38 @@ def at_divisor(removed: int | None) -> int:
     return 2 if removed <= 7 else 4 if removed <= 13 else 8 if removed <= 15 else 20
 
 
-def auto_at_layer(student: nn.Module, removed: int | None) -> str:
-    """The AT (and FitNet) layer `features[19 // d]`, for teacher and student alike.
+def _stage_paths(model: nn.Module) -> tuple[tuple[str, ...], str | None]:
+    body = getattr(model, "body", model)
+    return tuple(getattr(body, "stage_paths", ())), getattr(body, "layout", None)
 
-    The index is into the *full* 19-module network, as the public code's `middle_index` (not
-    into a truncated student's shorter list): features.9 for the 4.1x student.
+
+def auto_at_layer(student: nn.Module, teacher: nn.Module, removed: int | None) -> tuple[str, str]:
+    """The (student, teacher) AT and FitNet layers: `features[19 // d]` (PAPERS.md).
+
+    The index is into the *full* 19-module network, as the public code's `middle_index`, for
+    teacher and student alike (features.9 for the 4.1x student), not into a truncated
+    student's shorter list. A MobileNetV2 with fewer blocks per stage takes the end of the
+    stage that holds the teacher's layer (same resolution). Other families: set the layers.
     """
-    features = _features(student)
-    if features is None:
-        raise EdgeKDError("no automatic AT layer for this student: set distill.at_layer=STUDENT_PATH:TEACHER_PATH")
+    from edgekd.models.mobilenetv2_cifar import FULL_STAGE_PATHS
+
     index = FULL_DEPTH // at_divisor(removed)
-    if index >= len(features):
-        raise EdgeKDError(
-            f"the automatic AT layer features.{index} is past this student's {len(features)} "
-            "feature modules: set distill.at_layer=STUDENT_PATH:TEACHER_PATH"
-        )
-    return f"body.features.{index}"
+    s_paths, s_layout = _stage_paths(student)
+    t_paths, _ = _stage_paths(teacher)
+    fix = ("set distill.at_layer=STUDENT_PATH:TEACHER_PATH, layers of equal spatial size "
+           f"(student stage outputs: {', '.join('body.' + p for p in s_paths) or 'none declared'})")
+    if s_layout != "mbv2" or t_paths != FULL_STAGE_PATHS:
+        raise EdgeKDError(f"no automatic AT layer for this student and teacher: {fix}")
+    teacher_layer = f"body.features.{index}"
+    if s_paths == FULL_STAGE_PATHS[: len(s_paths)]:  # full depth: truncated or narrower
+        if index >= len(_features(student)):
+            raise EdgeKDError(f"the automatic AT layer features.{index} is past this student's "
+                              f"{len(_features(student))} feature modules: {fix}")
+        return teacher_layer, teacher_layer
+    stage = next(k for k, p in enumerate(FULL_STAGE_PATHS) if int(p.split(".")[1]) >= index)
+    if stage >= len(s_paths):
+        raise EdgeKDError(f"this student has no stage {stage + 1} for the AT layer: {fix}")
+    return f"body.{s_paths[stage]}", teacher_layer
 
 
 def penultimate(model: nn.Module) -> str:
@@ -83,7 +99,8 @@ def build_terms(methods: list[str], cfg, student: nn.Module, teacher: nn.Module,
         terms.append((cfg.kd.alpha, KDLoss(cfg.kd.temperature)))
         task_weight = 1.0 - cfg.kd.alpha
     if "at" in methods:
-        s, t = parse_pair(d.at_layer, "distill.at_layer") if d.at_layer else (auto_at_layer(student, removed),) * 2
+        s, t = (parse_pair(d.at_layer, "distill.at_layer") if d.at_layer
+                else auto_at_layer(student, teacher, removed))
         get_module(student, s), get_module(teacher, t)
         terms.append((d.at_weight, ATLoss(s, t)))
     if "pkt" in methods:
@@ -92,7 +109,7 @@ def build_terms(methods: list[str], cfg, student: nn.Module, teacher: nn.Module,
         if d.fitnet_layer:
             s, t = parse_pair(d.fitnet_layer, "distill.fitnet_layer")
         else:
-            s = t = auto_at_layer(student, removed)  # the AT layer (PAPERS.md)
+            s, t = auto_at_layer(student, teacher, removed)  # the AT layer (PAPERS.md)
         shapes_s = _shapes(student, [s], input_size)[s]
         shapes_t = _shapes(teacher, [t], input_size)[t]
         terms.append((d.fitnet_weight, FitNetLoss(s, t, shapes_s[1], shapes_t[1])))

@@ -17,6 +17,9 @@ from torch import nn
 
 from edgekd.errors import ModelError
 from edgekd.models import mobilenetv2_cifar as mbv2
+from edgekd.models import mobilenetv3_cifar as mbv3
+from edgekd.models import resnet_cifar as resnet
+from edgekd.models import shufflenetv2_cifar as shufflenet
 from edgekd.models.profile import count_macs, count_params
 
 
@@ -63,6 +66,33 @@ for _w in mbv2.WIDTHS:
         f"mbv2_cifar_w{_w}", "width", functools.partial(mbv2.mobilenet_v2_cifar, width_mult=_w),
         32, f"CIFAR MobileNetV2, width multiplier {_w} (fewer MACs, not only fewer params)",
     )
+for _d in mbv2.GRID_DEPTHS:
+    for _w in mbv2.GRID_WIDTHS:
+        _register(
+            f"mbv2_cifar_d{_d}_w{_w}", "depth-width",
+            functools.partial(mbv2.mobilenet_v2_cifar, width_mult=_w, depth_mult=_d), 32,
+            f"CIFAR MobileNetV2, ceil(n x {_d}) blocks per stage, width {_w}",
+        )
+for _v in mbv3.VARIANTS:
+    for _w in mbv3.WIDTHS:
+        _register(
+            f"mbv3_{_v}_cifar" + ("" if _w == 1.0 else f"_w{_w}"), "mobilenetv3-cifar",
+            functools.partial(mbv3.mobilenet_v3_cifar, variant=_v, width_mult=_w), 32,
+            f"torchvision MobileNetV3-{_v.capitalize()}, width {_w}, CIFAR strides (total 8)",
+        )
+for _w in shufflenet.WIDTHS:
+    _register(
+        f"shufflenetv2_cifar_x{_w}", "shufflenetv2-cifar",
+        functools.partial(shufflenet.shufflenet_v2_cifar, width=_w), 32,
+        f"torchvision ShuffleNetV2 x{_w}, stride-1 stem and no max-pool (total stride 8)",
+    )
+for _depth in resnet.DEPTHS:
+    for _w in resnet.WIDTHS:
+        _register(
+            f"resnet{_depth}_cifar" + ("" if _w == 1 else f"_w{_w}"), "resnet-cifar",
+            functools.partial(resnet.CifarResNet, depth=_depth, width=_w), 32,
+            f"CIFAR ResNet-{_depth} ({16 * _w}/{32 * _w}/{64 * _w} channels; dense 3x3 convolutions)",
+        )
 
 
 @functools.cache

@@ -83,7 +83,8 @@ def compress(
     data = prepare_data(cfg)
     if cfg.teacher.checkpoint:
         load_teacher_checkpoint(cfg.teacher, data)
-    epoch_plan(cfg, data.num_classes)  # a warm-up that leaves no epochs is refused here
+    # A warm-up that cannot be mapped or leaves no epochs is refused here.
+    epoch_plan(cfg, data.num_classes, data.input_size)
     run = RunDir(out)
     status = _on_main(lambda: run.open(cfg, resume=resume, force=force))
     ctx = Context(cfg, run, device, reporter, data=data)
@@ -176,13 +177,14 @@ def _new_model(ctx: Context, role: str) -> Classifier:
     return create_model(arch, ctx.data.num_classes, *input_norm(ctx, role))
 
 
-def _warmup_pairs(cfg: RunConfig, student: torch.nn.Module) -> list[tuple[str, str]]:
+def _warmup_pairs(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Module,
+                  input_size: int) -> list[tuple[str, str]]:
     d = cfg.distill
     return ([parse_pair(p, "distill.indistill_layers") for p in d.indistill_layers]
-            or auto_mapping(student, d.indistill_max_layers))
+            or auto_mapping(student, teacher, d.indistill_max_layers, input_size))
 
 
-def epoch_plan(cfg: RunConfig, num_classes: int) -> dict:
+def epoch_plan(cfg: RunConfig, num_classes: int, input_size: int) -> dict:
     """How the student's epochs (`student.train.epochs`) split: the InDistill warm-up's come
     out of the same budget, so every method of an ablation trains the same number of epochs
     (the InDistill code counts its warm-up inside its 60). Refused when nothing is left."""
@@ -190,7 +192,9 @@ def epoch_plan(cfg: RunConfig, num_classes: int) -> dict:
     warm = 0
     if "indistill" in cfg.method.split("+"):
         d = cfg.distill
-        n = len(_warmup_pairs(cfg, create_model(cfg.student.arch, num_classes)))
+        # Random weights suffice: the mapping depends on the architectures only.
+        teacher = create_model(d.aux_teacher or cfg.teacher.arch, num_classes)
+        n = len(_warmup_pairs(cfg, create_model(cfg.student.arch, num_classes), teacher, input_size))
         warm = warmup_epochs(n, d.indistill_a, d.indistill_b)
         if total - warm < 1:
             spans = " + ".join(str(d.indistill_a + d.indistill_b * (i + 1)) for i in range(n))
@@ -452,7 +456,7 @@ def stage_warmup(ctx: Context) -> None:
         return
     model = _new_model(ctx, "student")
     teacher = _frozen_teacher(ctx, source.removesuffix(".pt"))
-    pairs = _warmup_pairs(cfg, model)
+    pairs = _warmup_pairs(cfg, model, teacher, ctx.data.input_size)
     mapping = build_mapping(model.to(ctx.device), teacher, pairs, ctx.data.input_size)
     objective = InDistillObjective(teacher, mapping, d.indistill_a, d.indistill_b)
     ctx.reporter.stage("warmup", "start", "InDistill over " + ", ".join(
@@ -482,7 +486,7 @@ def stage_student(ctx: Context) -> None:
     cfg = ctx.cfg
     scfg = cfg.student
     methods = cfg.method.split("+")
-    plan = epoch_plan(cfg, ctx.data.num_classes)
+    plan = epoch_plan(cfg, ctx.data.num_classes, ctx.data.input_size)
     init = ctx.run.output_hash(WARMUP) if "indistill" in methods else None
     # The auxiliary teacher teaches stage 2 as well, as in the InDistill paper and code.
     source = AUX if cfg.distill.aux_teacher and cfg.distill.aux_teaches == "both" else "teacher.pt"
