@@ -321,3 +321,18 @@ def test_auxiliary_teacher_for_the_warmup_only_keeps_the_teacher_for_stage_2(tmp
     assert r.exit_code == 0, r.output
     report = json.loads((out / "report.json").read_text())
     assert report["student"]["training"]["teacher"] == "teacher.pt"
+
+
+def test_a_dense_cifar_resnet_student_through_warmup_distillation_and_export(tmp_path):
+    """A family from the new grid: InDistill maps its stages by size, ONNX export passes parity."""
+    out = tmp_path / "run"
+    r = _compress(*TINY, "--teacher-arch", "mbv2_cifar_w0.5", "--student", "resnet8_cifar",
+                  "--method", "indistill+kd", "--no-bench", "--epochs", "2",
+                  "--set", "distill.indistill_a=1", "--set", "distill.indistill_b=0",
+                  "--out", str(out))
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["student"]["arch"] == "resnet8_cifar"
+    mapping = json.loads((out / "state.json").read_text())["warmup"]["info"]["mapping"]
+    assert [m["student"] for m in mapping] == ["body.layer1"]  # the one stage the w0.5 teacher is as wide as
+    assert report["export"]["parity"]["student"]["top1_agreement"] >= 99.0

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from edgekd.distill.hooks import FeatureTap
 from edgekd.errors import ModelError
 from edgekd.models import create_model, describe, list_models
 from edgekd.models.profile import count_macs, count_params
@@ -92,14 +93,11 @@ def test_new_families_are_registered_with_cifar_strides(family):
     for name in names:
         model = create_model(name, 7).eval()
         assert model(torch.rand(2, 3, 32, 32)).shape == (2, 7)
-        body = model.body
-        last = dict(body.named_modules())[body.stage_paths[-1]]
+        last = "body." + model.body.stage_paths[-1]
         # total stride 8, as the CIFAR MobileNetV2: a 32x32 image ends as a 4x4 or 8x8 map
-        feats = {}
-        last.register_forward_hook(lambda m, i, o: feats.setdefault("y", o))
-        with torch.no_grad():
+        with torch.no_grad(), FeatureTap(model, [last]) as tap:
             model(torch.rand(1, 3, 32, 32))
-        assert feats["y"].shape[-1] in (4, 8), name
+        assert tap[last].shape[-1] in (4, 8), name
         info = describe(name, num_classes=7)
         assert info.macs > 0 and info.params == count_params(model)
 
