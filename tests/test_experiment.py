@@ -101,3 +101,17 @@ def test_retrieval_map_of_a_run(tmp_path):
     assert r.exit_code == 0, r.output
     row = json.loads(r.output)[0]
     assert 0 < row["student"]["map"] <= 100 and row["queries"] == 360
+
+
+def test_parallel_runs_in_spawned_workers(tmp_path):
+    """--jobs N runs in spawned processes (a parent that used CUDA for the shared teacher
+    cannot fork): the paper reproduction's GPU path, here on the CPU."""
+    out = tmp_path / "exp"
+    r = CliRunner().invoke(cli, ["experiment", "ablation", "--methods", "student,kd", "--seeds", "1",
+                                 "--jobs", "2", "--out", str(out), *TINY_EXP, "--json"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output[r.output.index("{"):])
+    assert [row["label"] for row in doc["table"]["rows"]] == ["student", "kd"]
+    for label in ("student", "kd"):
+        assert (out / "runs" / label / "s0" / "student.pt").is_file()
