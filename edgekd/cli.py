@@ -706,8 +706,8 @@ def _deploy_table(doc: dict) -> Table:
               help="TensorRT precision for FP32 models (int8: calibrated on RUN_DIR/calib); INT8 exports build as INT8.")
 @click.option("--model", "models_", multiple=True, help="Only these: teacher, student, teacher.int8, student.int8.")
 @click.option("--ssh-config", type=click.Path(path_type=Path), default=None, help="ssh config file for ssh, rsync and scp (-F).")
-@click.option("--transfer", type=click.Choice(["auto", "rsync", "scp"]), default="auto", show_default=True,
-              help="auto: rsync when both ends have it, else scp.")
+@click.option("--transfer", type=click.Choice(["auto", "rsync", "scp", "tar"]), default="auto", show_default=True,
+              help="auto: rsync when both ends have it, else scp (legacy -O, then a tar stream, when the device has no sftp).")
 @click.option("--bwlimit", type=int, default=None, metavar="KIB_S", help="Cap the transfer rate (KiB/s).")
 @click.option("--connect-timeout", type=int, default=20, show_default=True, help="Seconds to wait for ssh to connect.")
 @_measure_options

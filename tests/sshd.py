@@ -43,7 +43,9 @@ def free_port() -> int:
 class LoopbackSshd:
     """Start with `start()`, stop with `stop()`; `config` is the client config file."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, sftp: bool = True, path: Path | None = None):
+        """`sftp=False`: no sftp subsystem (minimal images, dropbear); `path`: the PATH of the
+        device's sessions (a folder without scp or rsync makes a device that lacks them)."""
         self.root = root
         self.user = getpass.getuser()
         self.port = free_port()
@@ -66,7 +68,8 @@ KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password
 StrictModes no
 UsePAM no
-Subsystem sftp internal-sftp
+{"Subsystem sftp internal-sftp" if sftp else "# no sftp subsystem (minimal images, dropbear)"}
+{f"SetEnv PATH={path}" if path else ""}
 MaxStartups 100
 LogLevel ERROR
 """)

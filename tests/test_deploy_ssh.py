@@ -437,3 +437,39 @@ def test_results_checks_refuse_anything_but_a_complete_document_for_this_bundle(
     with pytest.raises(ShipError, match="ended without writing"):
         fetch_results(transport, str(path), manifest)
 
+
+
+def _bin_without(folder: Path, *missing: str) -> Path:
+    """A PATH folder with every program of this machine's but `missing`."""
+    folder.mkdir()
+    for d in ("/usr/local/bin", "/usr/bin", "/bin", str(Path(sys.executable).parent)):
+        for exe in Path(d).iterdir() if Path(d).is_dir() else ():
+            if exe.name not in missing and not (folder / exe.name).exists():
+                (folder / exe.name).symlink_to(exe)
+    return folder
+
+
+def test_device_without_sftp_gets_legacy_scp_and_one_without_scp_a_tar_stream(run, tmp_path):
+    """OpenSSH's scp speaks SFTP: a device whose sshd has no sftp subsystem (dropbear, minimal
+    images) fails it with only "Connection closed". deploy falls back to `scp -O`, and where
+    the device has no scp (nor rsync), to a tar stream over ssh, and says which it used."""
+    for name in ("plain", "bare"):
+        (tmp_path / name).mkdir()
+    plain = sshd.LoopbackSshd(tmp_path / "plain", sftp=False)
+    bare = sshd.LoopbackSshd(tmp_path / "bare", sftp=False,
+                             path=_bin_without(tmp_path / "bin", "scp", "rsync"))
+    for server, want in ((plain, "scp -O"), (bare, "tar")):
+        server.start()
+        try:
+            device = tmp_path / f"device-{want.replace(' ', '')}"
+            transfer = ["--transfer", "scp"] if want == "scp -O" else []  # bare: auto, no rsync there
+            r = _deploy(run, sshd.ALIAS, "--batch", "1", *transfer, ssh_config=server.config,
+                        remote_dir=device)
+            assert r.exit_code == 0, r.output
+            assert f"refused scp (no sftp subsystem): sent with {want}" in r.stderr
+            doc = json.loads((run / f"bench-{sshd.ALIAS}.json").read_text())
+            assert doc["transfer"]["method"] == want and not doc["transfer"]["reused"]
+            assert _verify(Path(doc["bundle"]["path"])).returncode == 0
+            assert all(m["accuracy"]["agreement"] == 100.0 for m in doc["models"].values())
+        finally:
+            server.stop()

@@ -63,7 +63,7 @@ class DeployOptions:
     precision: str = "fp16"
     models: Sequence[str] | None = None
     ssh_config: str | None = None
-    transfer: str = "auto"  # auto | rsync | scp
+    transfer: str = "auto"  # auto | rsync | scp | tar
     bwlimit_kbps: int | None = None
     connect_timeout_s: int = 20
     settings: MeasureSettings = field(default_factory=MeasureSettings)
@@ -105,7 +105,10 @@ def deploy_run(run_dir: str | Path, opts: DeployOptions, progress: Progress | No
     else:
         _ok(transport, ["mkdir", "-p", "--", remote_dir], "create " + remote_dir)
         say("transfer", f"{method} -> {target.display}:{staging}")
-        transport.push(run / BUNDLE_DIR, staging, method)
+        used = transport.push(run / BUNDLE_DIR, staging, method)
+        if used != method:
+            say("transfer", f"{target.display} refused {method} (no sftp subsystem): sent with {used}")
+        method = used
         _verify(transport, python, staging, bundle_id, promote=final, prune=f"{name}-")
         say("verify", f"checksums match; {final} is in place")
 
@@ -383,8 +386,8 @@ def _remote_dir(target: Target, given: str | None) -> str:
 def _check_options(opts: DeployOptions) -> None:
     if opts.backend not in ("onnxruntime", "tensorrt"):
         raise ShipError(f"--backend {opts.backend!r}: use onnxruntime or tensorrt")
-    if opts.transfer not in ("auto", "rsync", "scp"):
-        raise ShipError(f"--transfer {opts.transfer!r}: use auto, rsync or scp")
+    if opts.transfer not in ("auto", "rsync", "scp", "tar"):
+        raise ShipError(f"--transfer {opts.transfer!r}: use auto, rsync, scp or tar")
     if not opts.batch_sizes or min(opts.batch_sizes) < 1:
         raise ShipError(f"--batch must be >= 1, got {list(opts.batch_sizes)}")
     if opts.backend == "tensorrt" and (opts.threads or opts.providers):

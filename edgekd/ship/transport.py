@@ -99,7 +99,8 @@ class Transport:
     def run(self, argv: list[str], timeout: float | None = None) -> subprocess.CompletedProcess:
         raise NotImplementedError
 
-    def push(self, local_dir: Path, remote_dir: str, method: str) -> None:
+    def push(self, local_dir: Path, remote_dir: str, method: str) -> str:
+        """Copy `local_dir` to `remote_dir` with `method`; return the transfer actually used."""
         raise NotImplementedError
 
     def read(self, remote_path: str) -> bytes | None:
@@ -130,6 +131,7 @@ class LocalTransport(Transport):
         except OSError as e:
             shutil.rmtree(remote_dir, ignore_errors=True)
             raise transfer_error(self.target, str(e), local=True) from None
+        return "copy"
 
     def read(self, remote_path):
         try:
@@ -174,6 +176,12 @@ class SshTransport(Transport):
                             "the link and rerun") from None
 
     def push(self, local_dir, remote_dir, method):
+        """Copy `local_dir` to `remote_dir`; return the transfer actually used.
+
+        `scp` uses OpenSSH's default (SFTP protocol since OpenSSH 9.0). A device whose sshd has
+        no sftp subsystem (minimal images, dropbear) refuses it with only "Connection closed",
+        which no rerun fixes: then the legacy SCP protocol (`scp -O`) is used, and where the
+        device has no scp program either, a tar stream over ssh (`tar`)."""
         # Absolute: rsync and scp would read a relative "a:b/bundle" as host "a".
         src = str(Path(local_dir).resolve())
         if method == "rsync":
@@ -185,17 +193,67 @@ class SshTransport(Transport):
             if self.bwlimit_kbps:
                 command += [f"--bwlimit={self.bwlimit_kbps}"]
             command += ["--", src + "/", f"{self.target.remote_host}:{remote_dir}/"]
-        else:
-            # scp cannot resume: the staging folder is removed first and copied whole.
-            done = self.run(["rm", "-rf", "--", remote_dir], timeout=self.connect_timeout_s + 60)
-            if done.returncode != 0:
-                raise ssh_error(self.target, done.stderr) or ShipError(
-                    f"cannot clear {remote_dir} on {self.target.display}: {_tail(done.stderr)}")
-            command = ["scp", "-r", "-p", "-q", *self.options("-P")]
-            if self.bwlimit_kbps:
-                command += ["-l", str(self.bwlimit_kbps * 8)]  # scp takes Kbit/s
-            command += ["--", src, f"{self.target.remote_host}:{remote_dir}"]
-        proc = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            self._check(subprocess.run(command, capture_output=True, text=True,
+                                       stdin=subprocess.DEVNULL), remote_dir)
+            return "rsync"
+        if method == "tar":
+            self._check(self._tar(src, remote_dir), remote_dir)
+            return "tar"
+        proc = self._scp(src, remote_dir, legacy=False)
+        if proc.returncode == 0:
+            return "scp"
+        if no_space(proc.stderr) or self.has_sftp():
+            self._check(proc, remote_dir)
+        proc = self._scp(src, remote_dir, legacy=True)
+        if proc.returncode == 0:
+            return "scp -O"
+        if no_space(proc.stderr) or not _matching_line(proc.stderr, _NO_PROGRAM):
+            self._check(proc, remote_dir)
+        self._check(self._tar(src, remote_dir), remote_dir)
+        return "tar"
+
+    def has_sftp(self) -> bool:
+        """Whether the device's sshd serves the sftp subsystem (what plain scp needs)."""
+        command = ["ssh", *self.options(), "-s", "--", self.target.destination, "sftp"]
+        try:
+            proc = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                  timeout=self.connect_timeout_s + 30)
+        except subprocess.TimeoutExpired:
+            return True  # no answer either way: keep the original error
+        return "subsystem request failed" not in proc.stderr
+
+    def _clear(self, remote_dir: str) -> None:
+        # scp and tar cannot resume: the staging folder is removed first and copied whole.
+        done = self.run(["rm", "-rf", "--", remote_dir], timeout=self.connect_timeout_s + 60)
+        if done.returncode != 0:
+            raise ssh_error(self.target, done.stderr) or ShipError(
+                f"cannot clear {remote_dir} on {self.target.display}: {_tail(done.stderr)}")
+
+    def _scp(self, src: str, remote_dir: str, legacy: bool) -> subprocess.CompletedProcess:
+        self._clear(remote_dir)
+        command = ["scp", "-r", "-p", "-q", *(["-O"] if legacy else []), *self.options("-P")]
+        if self.bwlimit_kbps:
+            command += ["-l", str(self.bwlimit_kbps * 8)]  # scp takes Kbit/s
+        command += ["--", src, f"{self.target.remote_host}:{remote_dir}"]
+        return subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+
+    def _tar(self, src: str, remote_dir: str) -> subprocess.CompletedProcess:
+        """tar on this side, piped into `tar -x` on the device over one ssh session."""
+        self._clear(remote_dir)
+        remote = shlex.join(["mkdir", "-p", "--", remote_dir]) + " && " + shlex.join(
+            ["tar", "-x", "-f", "-", "-C", remote_dir])
+        with subprocess.Popen(["tar", "-c", "-f", "-", "-C", src, "."], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) as pack:
+            proc = subprocess.run(["ssh", *self.options(), "--", self.target.destination, remote],
+                                  stdin=pack.stdout, capture_output=True, text=True)
+            pack.stdout.close()
+            pack.wait()
+        if pack.returncode != 0 and proc.returncode == 0:
+            return subprocess.CompletedProcess(pack.args, pack.returncode, "",
+                                               pack.stderr.read().decode(errors="replace"))
+        return proc
+
+    def _check(self, proc: subprocess.CompletedProcess, remote_dir: str) -> None:
         if proc.returncode != 0:
             if no_space(proc.stderr):
                 # Resuming into a full disk cannot succeed: free what arrived instead.
@@ -264,6 +322,10 @@ def ssh_error(target: Target, stderr: str) -> ShipError | None:
 
 
 _NO_SPACE = ("No space left on device", "Disk quota exceeded")
+
+
+# A remote program that is not there (the legacy SCP protocol runs `scp -t` on the device).
+_NO_PROGRAM = ("command not found", "not found", "No such file or directory")
 
 
 def no_space(stderr: str) -> bool:
