@@ -63,7 +63,7 @@ def main() -> int:
                     help="student epochs, the InDistill warm-up's (1 per layer) included")
     ap.add_argument("--teacher-epochs", type=int, default=10)
     ap.add_argument("--ig-steps", type=int, default=16)
-    ap.add_argument("--indistill-a", type=int, default=1, help="warm-up epochs of layer 0")
+    ap.add_argument("--indistill-a", type=int, default=1, help="warm-up epochs of each layer: a + b*l, l from 1")
     ap.add_argument("--indistill-b", type=int, default=0, help="extra epochs per deeper layer")
     ap.add_argument("--jobs", type=int, default=1)
     args = ap.parse_args()

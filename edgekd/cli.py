@@ -223,8 +223,11 @@ def _summary_table(report: dict) -> Table:
     table.add_column("ratio", justify="right")
     table.add_row("test top-1, last epoch", f"{t['accuracy']:.2f} %", f"{s['accuracy']:.2f} %",
                   f"{s['accuracy'] - t['accuracy']:+.2f} pp")
-    table.add_row("test top-1, best-val epoch", f"{t['accuracy_best_epoch']:.2f} %",
-                  f"{s['accuracy_best_epoch']:.2f} %", "")
+    def best(entry):
+        value = entry.get("accuracy_best_epoch")
+        return "n/a (no val)" if value is None else f"{value:.2f} %"
+
+    table.add_row("test top-1, best-val epoch", best(t), best(s), "")
     def epochs(entry):
         plan = entry.get("epochs") or {}
         if plan.get("total") is None:

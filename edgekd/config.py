@@ -465,6 +465,8 @@ def build_config(
         if "=" not in item:
             raise EdgeKDError(f"--set {item!r}: use KEY=VALUE, e.g. --set student.train.lr=0.01")
         k, v = item.split("=", 1)
+        if k.strip() == "recipe":
+            raise EdgeKDError(f"--set {item!r}: a recipe sets many keys; choose it with --recipe {v.strip()}")
         apply_override(cfg, k.strip(), v.strip())
     validate(cfg)
     return cfg

@@ -186,3 +186,28 @@ def test_paper_recipe_run_records_it_and_the_ablation_header_lists_it(tmp_path):
     t, _ = checkpoint.load_model(out / "teacher" / "teacher.pt")
     assert s.mean.flatten().tolist() == [0.0, 0.0, 0.0]
     assert t.std.flatten().tolist() == pytest.approx([0.2471, 0.2435, 0.2616])
+
+
+def test_an_ablation_whose_budget_cannot_hold_the_warmup_fails_before_training(tmp_path):
+    out = tmp_path / "exp"
+    r = CliRunner().invoke(cli, ["experiment", "ablation", "--methods", "kd,indistill+kd",
+                                 "--seeds", "1", "--epochs", "3", "--teacher-arch", "mbv2_cifar_w0.5",
+                                 "--student", "mbv2_cifar_w0.25", "--out", str(out)])
+    assert r.exit_code == 2 and "--epochs 13" in r.output
+    assert not (out / "teacher").exists()  # nothing trained, not even the shared teacher
+
+
+def test_recipe_is_not_a_set_key_and_old_runs_reopen_with_new_defaults(tmp_path):
+    with pytest.raises(EdgeKDError, match="choose it with --recipe paper"):
+        build_config(sets=["recipe=paper"])
+    from edgekd.pipeline.rundir import RunDir
+
+    cfg = build_config()
+    run = RunDir(tmp_path / "r")
+    run.open(cfg)
+    doc = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    for gone in ("recipe",):  # a run made before these settings existed
+        doc["settings"].pop(gone)
+    doc["settings"]["distill"].pop("teacher_input")
+    (tmp_path / "r" / "config.yaml").write_text(yaml.safe_dump(doc))
+    assert run.open(cfg, resume=True) == "resumed"

@@ -66,8 +66,13 @@ def auto_at_layer(student: nn.Module, teacher: nn.Module, removed: int | None) -
     t_paths, _ = _stage_paths(teacher)
     fix = ("set distill.at_layer=STUDENT_PATH:TEACHER_PATH, layers of equal spatial size "
            f"(student stage outputs: {', '.join('body.' + p for p in s_paths) or 'none declared'})")
-    if s_layout != "mbv2" or t_paths != FULL_STAGE_PATHS:
-        raise EdgeKDError(f"no automatic AT layer for this student and teacher: {fix}")
+    # The teacher: the full network or a truncated one (an auxiliary) that reaches the layer.
+    teacher_ok = bool(t_paths) and t_paths == FULL_STAGE_PATHS[: len(t_paths)] \
+        and index < len(_features(teacher))
+    if s_layout != "mbv2" or not teacher_ok:
+        raise EdgeKDError(
+            "no automatic AT layer for this student and teacher (with an auxiliary teacher, "
+            f"distill.aux_teaches=warmup keeps the big one for stage 2): {fix}")
     teacher_layer = f"body.features.{index}"
     if s_paths == FULL_STAGE_PATHS[: len(s_paths)]:  # full depth: truncated or narrower
         if index >= len(_features(student)):

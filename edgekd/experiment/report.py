@@ -26,7 +26,8 @@ def ablation_table(records: list[dict], baselines: tuple[str, ...] = ("student",
     for r in records:
         s = r["report"]["student"]
         last[r["label"]].append(s["accuracy"])
-        best[r["label"]].append(s["accuracy_best_epoch"])
+        if s.get("accuracy_best_epoch") is not None:  # None: no validation split to select on
+            best[r["label"]].append(s["accuracy_best_epoch"])
         seeds[r["label"]].append(r["seed"])
         plan = s.get("epochs") or {}
         epochs[r["label"]].add((plan.get("total"), plan.get("warmup", 0)))

@@ -63,11 +63,24 @@ def _run_one(cfg_dict: dict, run_dir: str, threads: int | None) -> dict:
     return pipeline.compress(cfg, run_dir, resume=True)
 
 
+def _check_epoch_budgets(base: RunConfig, specs: list[RunSpec]) -> None:
+    """An InDistill warm-up that a run's epochs cannot hold is refused before anything trains."""
+    data = None
+    for spec in specs:
+        cfg = copy.deepcopy(base)
+        for k, v in spec.overrides.items():
+            apply_override(cfg, k, v)
+        if "indistill" in cfg.method.split("+"):
+            data = data or pipeline.prepare_data(base)
+            pipeline.epoch_plan(cfg, data.num_classes, data.input_size)
+
+
 def run_grid(base: RunConfig, specs: list[RunSpec], out: Path, *, jobs: int = 1,
              on_done: Callable[[RunSpec, dict], None] | None = None,
              reporter=None) -> list[dict]:
     """Run every spec (skipping finished ones) and return one record per run."""
     out = Path(out)
+    _check_epoch_budgets(base, specs)
     teacher = Path(base.teacher.checkpoint) if base.teacher.checkpoint else \
         train_shared_teacher(base, out / "teacher", reporter)
     todo = []

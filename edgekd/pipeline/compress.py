@@ -426,7 +426,8 @@ def stage_aux_teacher(ctx: Context) -> None:
         base = _train(ctx, "aux_ce", model, tcfg, engine.CrossEntropy(tcfg.label_smoothing), key)
         extra["baseline"] = base.summary()
         objective = DistillObjective(
-            teacher, [(d.pkt_weight, PKTLoss(penultimate(model), penultimate(teacher)))])
+            teacher, [(d.pkt_weight, PKTLoss(penultimate(model), penultimate(teacher)))],
+            label_smoothing=tcfg.label_smoothing)
     result = _train(ctx, "aux", model, tcfg, objective, key)
     summary = {"arch": arch, "method": d.aux_method, **extra, **result.summary()}
     def save():
@@ -652,7 +653,11 @@ def _model_entry(ctx: Context, role: str) -> dict:
         "params": count_params(model),
         "macs": count_macs(model, ctx.data.input_size),
         "accuracy": round(training["last_epoch"]["test_acc"], 2),
-        "accuracy_best_epoch": round(training["best_epoch"]["test_acc"], 2),
+        # Without a validation split (`--recipe paper`) the best epoch could only be chosen on
+        # the test split itself: no figure rather than an optimistic one.
+        "accuracy_best_epoch": (round(training["best_epoch"]["test_acc"], 2)
+                                if training["best_epoch"].get("selected_on") in ("val", "given")
+                                else None),
         # Every epoch the model trained, split into stages (the warm-up counts for a student).
         "epochs": training.get("epoch_plan") or {"total": training.get("epochs")},
         "training": training,

@@ -44,6 +44,17 @@ def _versions() -> dict:
     return {k: str(v) for k, v in versions.items()}  # torch's version is a str subclass
 
 
+def _with_defaults(old: dict, defaults: dict) -> dict:
+    """`old` with the keys it lacks taken from `defaults`, recursively."""
+    out = dict(old)
+    for k, v in defaults.items():
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, dict) and isinstance(out[k], dict):
+            out[k] = _with_defaults(out[k], v)
+    return out
+
+
 def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     out = []
     for k in sorted(set(old) | set(new)):
@@ -76,7 +87,8 @@ class RunDir:
             shutil.rmtree(p)
             existing = None
         if existing is not None:
-            changes = _diff(existing["settings"], cfg.to_dict())
+            # Settings added to edgekd after the run was made take their defaults.
+            changes = _diff(_with_defaults(existing["settings"], RunConfig().to_dict()), cfg.to_dict())
             if changes:
                 shown = "; ".join(changes[:3]) + (" ..." if len(changes) > 3 else "")
                 if resume:

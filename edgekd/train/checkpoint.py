@@ -6,6 +6,7 @@ Everything is loaded with `torch.load(weights_only=True)`: a checkpoint is data,
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,16 @@ def load(path: str | Path, what: str = "checkpoint") -> Any:
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
-        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        text = str(e)
+        unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if unsafe:
+            # A pickled object other than tensors and plain containers: loading it would run
+            # its code, which edgekd never does for a file (README: Checkpoints).
+            raise ModelError(
+                f"{what} {p} was refused: it holds a pickled {unsafe.group(1)} object, and loading "
+                "it could run code; save only tensors (torch.save(model.state_dict(), ...))"
+            ) from None
+        first = text.strip().splitlines()[0][:120] if text.strip() else type(e).__name__
         raise ModelError(
             f"{what} {p} is unreadable (truncated or corrupt? {first}): re-create it"
         ) from None
