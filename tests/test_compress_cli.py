@@ -336,3 +336,33 @@ def test_a_dense_cifar_resnet_student_through_warmup_distillation_and_export(tmp
     mapping = json.loads((out / "state.json").read_text())["warmup"]["info"]["mapping"]
     assert [m["student"] for m in mapping] == ["body.layer1"]  # the one stage the w0.5 teacher is as wide as
     assert report["export"]["parity"]["student"]["top1_agreement"] >= 99.0
+
+
+def test_an_input_size_below_the_architectures_stride_is_refused(tmp_path):
+    out = tmp_path / "run"
+    r = _compress(*TINY, "--input-size", "3", "--out", str(out))
+    assert r.exit_code == 2
+    assert ("input size 3 is below what the teacher mbv2_cifar_w0.25 takes: its total stride is 8, "
+            "so use --input-size 8 or more") in r.output
+    assert not out.exists()
+
+
+def test_a_run_directory_in_use_is_refused_and_a_dead_holders_lock_taken_over(tmp_path):
+    """Two `compress --resume` on one run directory would write the same files at once."""
+    from edgekd.pipeline.rundir import RunDir
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from edgekd.pipeline.rundir import RunDir; "
+         f"RunDir({str(out)!r}).lock(); print('held', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    try:
+        r = _compress(*TINY, "--no-bench", "--out", str(out))
+        assert r.exit_code == 2
+        assert f"{out} is in use by another edgekd process (PID {holder.pid})" in r.output
+    finally:
+        holder.kill()
+        holder.wait()
+    RunDir(out).lock()  # the dead process's lock file is still there: taken over
+    assert (tmp_path / ".run.lock").read_text() == str(os.getpid())

@@ -140,6 +140,29 @@ def create_model(
     return Classifier(body, mean, std)
 
 
+@functools.cache
+def min_input_size(name: str) -> int:
+    """The smallest square input `name` takes: its total stride (8 for the CIFAR families, 32
+    for ImageNet networks), below which its deepest feature map would be under one pixel."""
+    model = create_model(name, 10).eval()
+    sizes: list[int] = []
+
+    def record(_m, inputs, out):
+        if inputs[0].shape[-1] > 1:  # not the 1x1 convolutions after a global pool (SE blocks)
+            sizes.append(out.shape[-1])
+
+    hooks = [m.register_forward_hook(record) for m in model.modules()
+             if isinstance(m, nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d)]
+    probe = 256
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, probe, probe))
+    finally:
+        for h in hooks:
+            h.remove()
+    return max(1, probe // max(1, min(sizes))) if sizes else 1
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     name: str

@@ -37,7 +37,7 @@ from edgekd.errors import EdgeKDError, ModelError
 from edgekd.export.onnx import export_onnx, parity_check
 from edgekd.io import sha256_file, sha256_json, write_json
 from edgekd.models.profile import count_macs, count_params
-from edgekd.models.registry import Classifier, create_model, default_input_size
+from edgekd.models.registry import Classifier, create_model, default_input_size, min_input_size
 from edgekd.pipeline.rundir import BENCH, METRICS, REPORT, SAMPLE_LABELS, SAMPLES, RunDir, stage_key
 from edgekd.train import checkpoint, engine
 
@@ -134,6 +134,12 @@ def prepare_data(run_cfg: RunConfig) -> Dataset:
     """The run's data set at the run's input size, with the training subset applied."""
     cfg = run_cfg.data
     size = cfg.input_size or default_input_size(run_cfg.teacher.arch)
+    for role, arch in (("teacher", run_cfg.teacher.arch), ("student", run_cfg.student.arch),
+                       ("auxiliary teacher", run_cfg.distill.aux_teacher)):
+        if arch and size < min_input_size(arch):
+            raise ModelError(
+                f"input size {size} is below what the {role} {arch} takes: its total stride is "
+                f"{min_input_size(arch)}, so use --input-size {min_input_size(arch)} or more")
     data = load_dataset(cfg.dataset, size, cfg.data_dir, cfg.val_fraction, cfg.split_seed)
     if cfg.train_subset is not None and cfg.train_subset < 1.0:
         seed = cfg.split_seed if cfg.subset_seed is None else cfg.subset_seed

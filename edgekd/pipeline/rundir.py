@@ -7,6 +7,7 @@ and each recorded output file still has the recorded sha256. Anything else rerun
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import time
@@ -23,6 +24,7 @@ CONFIG, STATE, METRICS, REPORT, BENCH, SAMPLES = (
     "config.yaml", "state.json", "metrics.jsonl", "report.json", "bench.json", "samples.npy",
 )
 SAMPLE_LABELS = "samples_labels.npy"  # the classes of samples.npy (on-device accuracy checks)
+_HELD: dict[str, int] = {}  # run directories this process holds the lock of -> the lock's fd
 
 
 def _versions() -> dict:
@@ -74,8 +76,33 @@ class RunDir:
         return self.path / name
 
     # ---- opening -------------------------------------------------------------------------
+    def lock(self) -> None:
+        """Hold the run directory for this process, or refuse in one line naming the process
+        that holds it. An advisory lock on `.<name>.lock` beside the folder (so `--force` cannot
+        delete it), released by the kernel when the holder ends, however it ends: a lock left
+        by a dead process is simply taken over."""
+        import fcntl
+
+        key = str(self.path.resolve())
+        if key in _HELD:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = self.path.parent / f".{self.path.name}.lock"
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunDirError(f"{self.path} is in use by another edgekd process (PID {holder}): "
+                              "wait for it to finish or stop it, then rerun") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        _HELD[key] = fd  # kept open for the life of the process
+
     def open(self, cfg: RunConfig, resume: bool = False, force: bool = False) -> str:
         """Create or reopen the run for `cfg`. Returns 'new', 'resumed' or 'complete'."""
+        self.lock()
         p = self.path
         if p.exists() and not p.is_dir():
             raise RunDirError(f"{p} exists and is not a directory: choose another --out")
