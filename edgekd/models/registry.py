@@ -157,6 +157,8 @@ def min_input_size(name: str) -> int:
     try:
         with torch.no_grad():
             model(torch.zeros(1, 3, probe, probe))
+    except (RuntimeError, ValueError, AssertionError):
+        return 1  # a network of one fixed input size (a ViT at 224): nothing to check here
     finally:
         for h in hooks:
             h.remove()
