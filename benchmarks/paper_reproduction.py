@@ -46,7 +46,7 @@ import torch
 from cifar10_ablation import ZIP, extract  # benchmarks/ is on sys.path when run as a script
 
 from deploy.envinfo import capture
-from edgekd.config import build_config, describe_recipe, recipe_deviations
+from edgekd.config import build_config, recipe_record
 from edgekd.experiment import report as rp
 from edgekd.experiment.runner import RunSpec, run_grid, train_shared_teacher
 from edgekd.io import write_json, write_text
@@ -222,8 +222,7 @@ def main(argv=None) -> int:
     doc: dict = {"benchmark": "paper_reproduction", "mini": mini,
                  "command": "python benchmarks/paper_reproduction.py " + " ".join(argv or sys.argv[1:]),
                  "environment": environment(),
-                 "recipe": {"name": base.recipe, "deviations": recipe_deviations(base),
-                            "summary": describe_recipe(base)},
+                 "recipe": recipe_record(base),
                  "data": f"CIFAR-10 JPEG copy, {per_class[0]} train / {per_class[1]} test images per "
                          "class, no validation hold-out", "seeds": seeds}
 

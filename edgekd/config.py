@@ -323,10 +323,7 @@ def validate(cfg: RunConfig) -> None:
         norm = getattr(cfg, role).norm
         if norm != "data" and norm not in NORMS:
             raise EdgeKDError(f"{role}.norm {norm!r}: use data, {', '.join(NORMS)}")
-    from edgekd.recipes import RECIPES
-
-    if cfg.recipe not in RECIPES:
-        raise EdgeKDError(f"unknown recipe {cfg.recipe!r}: use one of {', '.join(RECIPES)}")
+    _recipe(cfg.recipe)
     if d.indistill_max_layers < 1 or d.indistill_lr <= 0:
         raise EdgeKDError("distill.indistill_max_layers must be >= 1 and distill.indistill_lr > 0")
     for role in ("teacher", "student"):
@@ -392,13 +389,19 @@ def get_value(cfg: RunConfig, dotted: str) -> Any:
     return obj
 
 
-def recipe_values(name: str, dataset: str = "digits") -> dict[str, Any]:
-    """The value of every recipe key under recipe `name` (`edgekd`: the data set's defaults)."""
-    from edgekd.recipes import RECIPE_KEYS, RECIPES
+def _recipe(name: str) -> dict[str, Any] | None:
+    from edgekd.recipes import RECIPES
 
     if name not in RECIPES:
         raise EdgeKDError(f"unknown recipe {name!r}: use one of {', '.join(RECIPES)}")
-    values = RECIPES[name]
+    return RECIPES[name]
+
+
+def recipe_values(name: str, dataset: str = "digits") -> dict[str, Any]:
+    """The value of every recipe key under recipe `name` (`edgekd`: the data set's defaults)."""
+    from edgekd.recipes import RECIPE_KEYS
+
+    values = _recipe(name)
     if values is None:
         base = default_config(dataset)
         return {k: get_value(base, k) for k in RECIPE_KEYS}
@@ -415,15 +418,22 @@ def recipe_deviations(cfg: RunConfig) -> dict[str, dict[str, Any]]:
     return out
 
 
-def describe_recipe(cfg: RunConfig, limit: int | None = None) -> str:
+def describe_recipe(cfg: RunConfig, limit: int | None = None,
+                    deviations: dict | None = None) -> str:
     """'paper (deviations: student.train.epochs 100 -> 3, ...)' for headers and logs."""
-    dev = recipe_deviations(cfg)
+    dev = recipe_deviations(cfg) if deviations is None else deviations
     if not dev:
         return f"{cfg.recipe} (no deviations)"
     items = [f"{k} {v['recipe']} -> {v['value']}" for k, v in dev.items()]
     if limit is not None and len(items) > limit:
         items = items[:limit] + [f"{len(items) - limit} more"]
     return f"{cfg.recipe} (deviations: {', '.join(items)})"
+
+
+def recipe_record(cfg: RunConfig) -> dict[str, Any]:
+    """The recipe as config.yaml, report.json and experiment documents record it."""
+    dev = recipe_deviations(cfg)
+    return {"name": cfg.recipe, "deviations": dev, "summary": describe_recipe(cfg, deviations=dev)}
 
 
 def build_config(

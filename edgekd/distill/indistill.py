@@ -71,7 +71,9 @@ def _shapes(model: nn.Module, paths: list[str], input_size: int) -> dict[str, to
     return {p: tap[p].shape for p in paths}
 
 
-def _stages(model: nn.Module) -> tuple[tuple[str, ...], str | None]:
+def stage_outputs(model: nn.Module) -> tuple[tuple[str, ...], str | None]:
+    """The stage outputs a model family declares (`stage_paths`, as paths from `model`) and
+    its layout ("mbv2": stages pair by position); () and None when it declares none."""
     body = getattr(model, "body", model)
     prefix = "body." if body is not model else ""
     paths = getattr(body, "stage_paths", None)
@@ -98,8 +100,8 @@ def auto_mapping(student: nn.Module, teacher: nn.Module, max_layers: int = 3,
     that are still at least the student's (pruning narrows, never widens). Anything else is a
     MappingError naming the layers and the setting to pass.
     """
-    s_paths, s_layout = _stages(student)
-    t_paths, t_layout = _stages(teacher)
+    s_paths, s_layout = stage_outputs(student)
+    t_paths, t_layout = stage_outputs(teacher)
     fix = "give distill.indistill_layers as STUDENT_PATH:TEACHER_PATH pairs"
     if not s_paths or not t_paths:
         who, model = ("student", student) if not s_paths else ("teacher", teacher)

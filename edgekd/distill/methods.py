@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from edgekd.distill.hooks import get_module
-from edgekd.distill.indistill import _shapes
+from edgekd.distill.indistill import _shapes, stage_outputs
 from edgekd.distill.losses import ATLoss, FitNetLoss, KDLoss, LossTerm, PKTLoss
 from edgekd.errors import EdgeKDError
 
@@ -46,11 +46,6 @@ def at_divisor(removed: int | None) -> int:
     return 2 if removed <= 7 else 4 if removed <= 13 else 8 if removed <= 15 else 20
 
 
-def _stage_paths(model: nn.Module) -> tuple[tuple[str, ...], str | None]:
-    body = getattr(model, "body", model)
-    return tuple(getattr(body, "stage_paths", ())), getattr(body, "layout", None)
-
-
 def auto_at_layer(student: nn.Module, teacher: nn.Module, removed: int | None) -> tuple[str, str]:
     """The (student, teacher) AT and FitNet layers: `features[19 // d]` (PAPERS.md).
 
@@ -61,20 +56,21 @@ def auto_at_layer(student: nn.Module, teacher: nn.Module, removed: int | None) -
     """
     from edgekd.models.mobilenetv2_cifar import FULL_STAGE_PATHS
 
+    full = tuple(f"body.{p}" for p in FULL_STAGE_PATHS)
     index = FULL_DEPTH // at_divisor(removed)
-    s_paths, s_layout = _stage_paths(student)
-    t_paths, _ = _stage_paths(teacher)
+    s_paths, s_layout = stage_outputs(student)
+    t_paths, _ = stage_outputs(teacher)
     fix = ("set distill.at_layer=STUDENT_PATH:TEACHER_PATH, layers of equal spatial size "
-           f"(student stage outputs: {', '.join('body.' + p for p in s_paths) or 'none declared'})")
+           f"(student stage outputs: {', '.join(s_paths) or 'none declared'})")
     # The teacher: the full network or a truncated one (an auxiliary) that reaches the layer.
-    teacher_ok = bool(t_paths) and t_paths == FULL_STAGE_PATHS[: len(t_paths)] \
+    teacher_ok = bool(t_paths) and t_paths == full[: len(t_paths)] \
         and index < len(_features(teacher))
     if s_layout != "mbv2" or not teacher_ok:
         raise EdgeKDError(
             "no automatic AT layer for this student and teacher (with an auxiliary teacher, "
             f"distill.aux_teaches=warmup keeps the big one for stage 2): {fix}")
     teacher_layer = f"body.features.{index}"
-    if s_paths == FULL_STAGE_PATHS[: len(s_paths)]:  # full depth: truncated or narrower
+    if s_paths == full[: len(s_paths)]:  # full depth: truncated or narrower
         if index >= len(_features(student)):
             raise EdgeKDError(f"the automatic AT layer features.{index} is past this student's "
                               f"{len(_features(student))} feature modules: {fix}")
@@ -82,7 +78,7 @@ def auto_at_layer(student: nn.Module, teacher: nn.Module, removed: int | None) -
     stage = next(k for k, p in enumerate(FULL_STAGE_PATHS) if int(p.split(".")[1]) >= index)
     if stage >= len(s_paths):
         raise EdgeKDError(f"this student has no stage {stage + 1} for the AT layer: {fix}")
-    return f"body.{s_paths[stage]}", teacher_layer
+    return s_paths[stage], teacher_layer
 
 
 def penultimate(model: nn.Module) -> str:

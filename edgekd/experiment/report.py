@@ -22,7 +22,7 @@ def _fmt_p(p: float | None) -> str:
 def ablation_table(records: list[dict], baselines: tuple[str, ...] = ("student", "kd")) -> dict:
     """Per label: last-epoch and best-epoch accuracy over seeds, Welch p vs the baselines."""
     last, best = defaultdict(list), defaultdict(list)
-    seeds, epochs = defaultdict(list), defaultdict(set)
+    seeds, epochs = defaultdict(list), {}
     for r in records:
         s = r["report"]["student"]
         last[r["label"]].append(s["accuracy"])
@@ -30,10 +30,10 @@ def ablation_table(records: list[dict], baselines: tuple[str, ...] = ("student",
             best[r["label"]].append(s["accuracy_best_epoch"])
         seeds[r["label"]].append(r["seed"])
         plan = s.get("epochs") or {}
-        epochs[r["label"]].add((plan.get("total"), plan.get("warmup", 0)))
+        epochs.setdefault(r["label"], (plan.get("total"), plan.get("warmup", 0)))
     rows = []
     for label in dict.fromkeys(r["label"] for r in records):
-        (total, warm), *_ = sorted(epochs[label], key=str)
+        total, warm = epochs[label]  # the same for every seed of a method
         row = {"label": label, "seeds": seeds[label], "last_epoch": summarize(last[label]),
                "best_epoch": summarize(best[label]), "values": last[label],
                "epochs": total, "warmup_epochs": warm}

@@ -6,7 +6,7 @@ import copy
 import platform
 from pathlib import Path
 
-from edgekd.config import METHODS, RunConfig, describe_recipe, recipe_deviations
+from edgekd.config import METHODS, RunConfig, recipe_record
 from edgekd.experiment import report as rp
 from edgekd.experiment.runner import RunSpec, run_grid, subset_fraction
 
@@ -49,9 +49,9 @@ def ablation(base: RunConfig, methods: list[str], seeds: list[int], out: Path, *
     table = rp.ablation_table(records)
     title = f"{name}: {base.student.arch} from {base.teacher.arch} on {base.data.dataset}"
     machine = _machine()
-    recipe = describe_recipe(base)
+    recipe = recipe_record(base)
     doc = {"experiment": name, "command": command, "machine": machine,
-           "recipe": {"name": base.recipe, "deviations": recipe_deviations(base), "summary": recipe},
+           "recipe": recipe,
            "student": base.student.arch, "teacher": base.teacher.arch,
            "dataset": base.data.dataset, "epochs": base.student.train.epochs,
            "train_subset": base.data.train_subset, "seeds": seeds, "table": table,
@@ -59,7 +59,8 @@ def ablation(base: RunConfig, methods: list[str], seeds: list[int], out: Path, *
                     {"accuracy": r["report"]["student"]["accuracy"],
                      "accuracy_best_epoch": r["report"]["student"]["accuracy_best_epoch"]}
                     for r in records]}
-    rp.write_results(out, name, doc, rp.ablation_markdown(table, title, command, machine, recipe))
+    rp.write_results(out, name, doc, rp.ablation_markdown(table, title, command, machine,
+                                                          recipe["summary"]))
     rp.bar_plot(table, out / f"{name}.png", title)
     return doc
 
@@ -88,8 +89,7 @@ def sweep(base: RunConfig, students: list[str], method: str, seeds: list[int], o
     rows = rp.sweep_rows(records)
     doc = {"experiment": "sweep", "command": command, "machine": _machine(), "method": method,
            "teacher": base.teacher.arch, "dataset": base.data.dataset, "rows": rows,
-           "recipe": {"name": base.recipe, "deviations": recipe_deviations(base),
-                      "summary": describe_recipe(base)}}
+           "recipe": recipe_record(base)}
     lines = ["| student | seed | CF | MACs | params | accuracy | latency p50 b1 (ms) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:

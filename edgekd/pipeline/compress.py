@@ -23,8 +23,7 @@ from edgekd.config import (
     NORMS,
     RunConfig,
     TeacherConfig,
-    describe_recipe,
-    recipe_deviations,
+    recipe_record,
     validate,
 )
 from edgekd.data import Dataset, load_dataset
@@ -84,11 +83,11 @@ def compress(
     if cfg.teacher.checkpoint:
         load_teacher_checkpoint(cfg.teacher, data)
     # A warm-up that cannot be mapped or leaves no epochs is refused here.
-    epoch_plan(cfg, data.num_classes, data.input_size)
+    plan = epoch_plan(cfg, data.num_classes, data.input_size)
     run = RunDir(out)
     status = _on_main(lambda: run.open(cfg, resume=resume, force=force))
     ctx = Context(cfg, run, device, reporter, data=data)
-    ctx.info["open"] = status
+    ctx.info["open"], ctx.info["epoch_plan"] = status, plan
     stage_data(ctx)
     stage_teacher(ctx)
     stage_ig(ctx)
@@ -493,7 +492,7 @@ def stage_student(ctx: Context) -> None:
     cfg = ctx.cfg
     scfg = cfg.student
     methods = cfg.method.split("+")
-    plan = epoch_plan(cfg, ctx.data.num_classes, ctx.data.input_size)
+    plan = ctx.info["epoch_plan"]  # checked by compress before the run directory was opened
     init = ctx.run.output_hash(WARMUP) if "indistill" in methods else None
     # The auxiliary teacher teaches stage 2 as well, as in the InDistill paper and code.
     source = AUX if cfg.distill.aux_teacher and cfg.distill.aux_teaches == "both" else "teacher.pt"
@@ -703,8 +702,7 @@ def build_report(ctx: Context, wall_time_s: float) -> dict:
         "edgekd_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "method": ctx.cfg.method,
-        "recipe": {"name": ctx.cfg.recipe, "deviations": recipe_deviations(ctx.cfg),
-                   "summary": describe_recipe(ctx.cfg)},
+        "recipe": recipe_record(ctx.cfg),
         "dataset": {k: v for k, v in ctx.info["data"].items() if k != "classes"} | {
             "classes": ctx.data.classes},
         "seed": ctx.cfg.seed,

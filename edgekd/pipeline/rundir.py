@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from edgekd import __version__
-from edgekd.config import RunConfig, recipe_deviations
+from edgekd.config import RunConfig, recipe_record
 from edgekd.errors import RunDirError
 from edgekd.io import sha256_file, sha256_json, write_json, write_text
 
@@ -141,7 +141,7 @@ class RunDir:
             "versions": _versions(),
             "settings": cfg.to_dict(),
             # What differs from the named recipe (edgekd.recipes), for readers of the run.
-            "recipe": {"name": cfg.recipe, "deviations": recipe_deviations(cfg)},
+            "recipe": recipe_record(cfg),
         }
         write_text(p / CONFIG, yaml.safe_dump(doc, sort_keys=False))
         return "new"

@@ -373,9 +373,8 @@ def train(
 def _result(history: list[dict], has_val: bool) -> TrainResult:
     key = "val_acc" if has_val else "test_acc"
     # Ties go to the later epoch: it has seen more training. Epochs left unevaluated (None)
-    # cannot be chosen.
-    scored = [r for r in reversed(history) if r[key] is not None] or [history[-1]]
-    best = max(scored, key=lambda r: r[key])
+    # cannot be chosen; the last epoch always is evaluated.
+    best = max((r for r in reversed(history) if r[key] is not None), key=lambda r: r[key])
     best = {**best, "selected_on": "val" if has_val else "test (no val split: optimistic)"}
     return TrainResult(last=history[-1], best=best, history=history)
 
