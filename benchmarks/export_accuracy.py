@@ -30,7 +30,7 @@ from edgekd.export.onnx import export_onnx
 from edgekd.export.quantize import pixels, quantize_onnx, write_run_calibset
 from edgekd.export.targets import resolve_opset
 from edgekd.io import write_json
-from edgekd.pipeline import compress as pipeline
+from edgekd.pipeline.context import load_run_model
 from edgekd.pipeline.standalone import open_run
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -68,7 +68,7 @@ def main() -> int:
     settings = MeasureSettings(warmup_s=0.5, warmup_iters=5, min_s=2.0, min_iters=20)
     models = {}
     for role in ("teacher", "student"):
-        model = pipeline._load_run_model(ctx, role)
+        model = load_run_model(ctx, role)
         fp32 = tmp / f"{role}.onnx"
         export_onnx(model, fp32, data.input_size, opset, {"role": role}, ir_version=ir)
         ref = torch_logits(model, x)

@@ -51,8 +51,13 @@ from edgekd.experiment import report as rp
 from edgekd.experiment.runner import RunSpec, run_grid, train_shared_teacher
 from edgekd.io import write_json, write_text
 from edgekd.models.profile import count_macs
-from edgekd.pipeline import compress as pipeline
+from edgekd.pipeline.context import Context
 from edgekd.pipeline.rundir import RunDir
+from edgekd.pipeline.stages import data as data_stage
+from edgekd.pipeline.stages import teacher as teacher_stage
+from edgekd.pipeline.stages.data import prepare_data
+from edgekd.pipeline.stages.ig import compute_ig
+from edgekd.pipeline.stages.teacher import load_teacher_checkpoint
 from edgekd.train import engine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,13 +124,13 @@ def ig_throughput(base, exp: Path, teacher: Path, log) -> dict:
     cfg.ig.cache_dir = str((exp / "ig").resolve())  # the folder run_grid gives the runs
     run = RunDir(exp / "ig-timing")
     run.open(cfg, resume=True)
-    ctx = pipeline.Context(cfg, run, engine.resolve_device(cfg.device), log,
-                           data=pipeline.prepare_data(cfg))
-    pipeline.stage_data(ctx)
-    pipeline.stage_teacher(ctx)
-    result = pipeline.compute_ig(ctx)
+    ctx = Context(cfg, run, engine.resolve_device(cfg.device), log,
+                  data=prepare_data(cfg))
+    data_stage.STAGE(ctx)
+    teacher_stage.STAGE(ctx)
+    result = compute_ig(ctx)
     stats = result.manifest.get("stats", {})
-    model = pipeline.load_teacher_checkpoint(cfg.teacher, ctx.data)
+    model = load_teacher_checkpoint(cfg.teacher, ctx.data)
     macs = count_macs(model, ctx.data.input_size)
     # Forward plus the backward pass to the input: about 3x the forward's 2 FLOPs per MAC.
     flops = 6.0 * macs * cfg.ig.steps

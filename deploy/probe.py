@@ -41,6 +41,33 @@ def _free_bytes(path):
     return st.f_bavail * st.f_frsize, path
 
 
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Hardware", "Model"):
+                    return value.strip()
+    except (OSError, UnicodeDecodeError):
+        pass
+    return platform.processor() or None
+
+
+def _usable_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count()
+
+
+def _first_line(path):
+    try:
+        with open(path) as f:
+            return f.readline().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def probe(folder="."):
     modules, errors = {}, {}
     for name in MODULES:
@@ -65,6 +92,12 @@ def probe(folder="."):
         "free_measured_at": measured_at,
         "machine": platform.machine(),
         "jetson": os.path.exists("/etc/nv_tegra_release"),
+        # What a latency figure depends on besides the model: which machine, how many cores
+        # this process may use, the L4T release (edgekd.selection's cache key).
+        "hostname": platform.node(),
+        "cpu": _cpu_model(),
+        "usable_cores": _usable_cores(),
+        "l4t": _first_line("/etc/nv_tegra_release"),
     }
 
 

@@ -17,6 +17,7 @@ from edgekd.errors import EdgeKDError
 
 err = Console(stderr=True)
 out = Console()
+_TARGETS = ["jetson-jp5", "jetson-jp6", "jetson-jp7", "cpu"]
 
 
 class _Group(click.Group):
@@ -123,7 +124,9 @@ def _default_out(cfg) -> Path:
     ds = cfg.data.dataset
     if ds.startswith("imagefolder:"):
         ds = Path(ds.split(":", 1)[1]).name or "imagefolder"
-    return Path("runs") / f"{ds}-{cfg.student.arch}-{cfg.method.replace('+', '_')}-s{cfg.seed}"
+    b = cfg.budget
+    student = cfg.student.arch or (f"speedup{b.speedup:g}" if b.speedup is not None else f"budget{b.latency_ms:g}ms")
+    return Path("runs") / f"{ds}-{student}-{cfg.method.replace('+', '_')}-s{cfg.seed}"
 
 
 @cli.command()
@@ -153,6 +156,13 @@ def _default_out(cfg) -> Path:
 @click.option("--recipe", default=None, help="edgekd (default: faster schedules) | paper (the IG paper's setup); overrides are listed as deviations.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML settings (e.g. a run's config.yaml).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any setting by dotted key, e.g. student.train.optimizer=sgd.")
+@click.option("--latency-budget", type=float, default=None, metavar="MS", help="Choose the student that fits MS on --target (edgekd select); not with --student.")
+@click.option("--speedup", type=float, default=None, metavar="X", help="Budget = the teacher's latency on --target / X (digits default: 10).")
+@click.option("--budget-batch", type=int, default=None, help="Batch size of the budget (default 64).")
+@click.option("--budget-percentile", type=click.Choice(["p50", "p90"]), default=None, help="Percentile held against the budget (default p50).")
+@click.option("--budget-precision", type=click.Choice(["fp32", "int8"]), default=None, help="Precision measured for the budget; int8 implies --int8.")
+@click.option("--target", default=None, help="Where the budget is measured: local (default), ssh://user@host[:port] or an ssh alias.")
+@click.option("--select-epochs", type=int, default=None, help="Train the top fitting candidates this many epochs and keep the best val accuracy.")
 @click.option("--no-bench", is_flag=True, help="Skip the latency measurement.")
 @click.option("--int8", is_flag=True, help="Also quantize the student to INT8 (export.int8; budget export.int8_max_drop).")
 @click.option("--resume", is_flag=True, help="Continue an unfinished run in --out.")
@@ -161,7 +171,8 @@ def _default_out(cfg) -> Path:
 def compress(dataset, data_dir, teacher, teacher_arch, student, method, epochs, teacher_epochs,
              batch_size, lr, kd_alpha, kd_temperature, ig_p, ig_blend, ig_steps, ig_method,
              ig_target, ig_baseline, input_size, train_subset, out, device, seed,
-             recipe, config_file, sets, no_bench, int8, resume, force, as_json):
+             recipe, config_file, sets, latency_budget, speedup, budget_batch, budget_percentile,
+             budget_precision, target, select_epochs, no_bench, int8, resume, force, as_json):
     """Distil a student from a teacher, export it to ONNX and report accuracy, size and latency."""
     from edgekd.pipeline.compress import compress as run_compress
 
@@ -182,8 +193,18 @@ def compress(dataset, data_dir, teacher, teacher_arch, student, method, epochs, 
     }
     if no_bench:
         overrides["bench.enabled"] = False
-    if int8:
+    if int8 or budget_precision == "int8":
         overrides["export.int8"] = True
+    sets = list(sets)
+    if latency_budget is not None or speedup is not None:
+        if student:
+            flag = f"--latency-budget {latency_budget:g}" if latency_budget is not None else f"--speedup {speedup:g}"
+            raise EdgeKDError(f"--student {student} and {flag} both choose the student: drop one of them")
+        # The budget replaces the data set's default student, and the other kind of budget.
+        sets[:0] = ["student.arch=none", f"budget.latency_ms={latency_budget}", f"budget.speedup={speedup}"]
+    overrides.update({"budget.batch": budget_batch, "budget.percentile": budget_percentile,
+                      "budget.precision": budget_precision, "budget.target": target,
+                      "budget.select_epochs": select_epochs})
     from edgekd.config import build_config
 
     cfg = build_config(config_file, dataset, overrides, sets, recipe=recipe)
@@ -214,20 +235,25 @@ def compress(dataset, data_dir, teacher, teacher_arch, student, method, epochs, 
 
 
 def _summary_table(report: dict) -> Table:
+    from rich import box
+
     t, s = report["teacher"], report["student"]
     lat = report.get("latency", {})
-    table = Table(title=f"edgekd compress: {report['dataset']['name']}, method {report['method']}")
-    table.add_column("")
-    table.add_column(f"teacher ({t['arch']})", justify="right")
-    table.add_column(f"student ({s['arch']})", justify="right")
-    table.add_column("ratio", justify="right")
+    table = Table(title=f"edgekd compress: {report['dataset']['name']}, {report['method']}",
+                  box=box.SIMPLE_HEAD, padding=(0, 1))
+    table.add_column("", no_wrap=True)
+    table.add_column(f"teacher\n{t['arch']}", justify="right", min_width=len(t["arch"]))
+    table.add_column(f"student\n{s['arch']}", justify="right", min_width=len(s["arch"]))
+    table.add_column("ratio", justify="right", no_wrap=True)
     table.add_row("test top-1, last epoch", f"{t['accuracy']:.2f} %", f"{s['accuracy']:.2f} %",
                   f"{s['accuracy'] - t['accuracy']:+.2f} pp")
+
     def best(entry):
         value = entry.get("accuracy_best_epoch")
         return "n/a (no val)" if value is None else f"{value:.2f} %"
 
-    table.add_row("test top-1, best-val epoch", best(t), best(s), "")
+    table.add_row("test top-1, best-val ep.", best(t), best(s), "")
+
     def epochs(entry):
         plan = entry.get("epochs") or {}
         if plan.get("total") is None:
@@ -246,13 +272,122 @@ def _summary_table(report: dict) -> Table:
         if tl and sl:
             table.add_row(f"latency p50, {key.replace('_', ' ')}", f"{tl['p50_ms']:.2f} ms",
                           f"{sl['p50_ms']:.2f} ms", f"{tl['p50_ms'] / sl['p50_ms']:.2f}x faster")
+    budget = report.get("budget")
+    final = (budget or {}).get("final")
+    if final:
+        asked = (f"teacher/{budget['speedup']:g}" if budget.get("speedup") is not None
+                 else f"{budget['latency_ms']:g} ms")
+        verdict = "holds" if final["holds"] else "OVER"
+        table.add_row(f"budget {asked}, batch {final['batch']}", f"{final['teacher_ms']:.2f} ms",
+                      f"{final['student_ms']:.2f} ms", f"{final['speedup']:.1f}x faster")
+        table.add_row(f"  limit ({final['percentile']}, {final['precision']})", "",
+                      f"{final['limit_ms']:.2f} ms", f"{verdict} {final['margin_pct']:+.1f} %")
     if lat:
         table.caption = f"latency: {lat.get('backend')} on {lat.get('cpu')}"
+        if final:
+            table.caption += (f"; budget on {final['target']}, student chosen from "
+                              f"{budget['selection']['candidates']} candidates (select/pareto.png)")
+    return table
+
+
+# ---- select ------------------------------------------------------------------------------
+@cli.command()
+@click.option("--target", default="local", show_default=True, help="local | ssh://user@host[:port] | user@host | an ssh config alias.")
+@click.option("--latency-budget", type=float, default=None, metavar="MS", help="The limit per batch, in ms.")
+@click.option("--speedup", type=float, default=None, metavar="X", help="Limit = the teacher's latency on the target / X.")
+@click.option("--budget-batch", type=int, default=64, show_default=True)
+@click.option("--budget-percentile", type=click.Choice(["p50", "p90"]), default="p50", show_default=True)
+@click.option("--budget-precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
+              help="int8: each candidate quantized (ONNX Runtime static QDQ) before it is measured.")
+@click.option("--margin", type=float, default=0.05, show_default=True, help="Headroom a candidate must leave under the limit.")
+@click.option("--teacher-arch", default="mbv2_cifar", show_default=True, help="The reference of --speedup, measured in the same round trip.")
+@click.option("--candidates", default=None, help="Comma-separated model names (default: every student family that takes --input-size).")
+@click.option("--input-size", type=int, default=32, show_default=True)
+@click.option("--num-classes", type=int, default=10, show_default=True)
+@click.option("--export-target", type=click.Choice(_TARGETS), default="cpu", show_default=True, help="Opset and IR version of the candidates' ONNX.")
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
+@click.option("--precision", "trt_precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
+              help="TensorRT precision of FP32 candidates (--backend tensorrt).")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads on the target.")
+@click.option("--remote-python", default=None, help="Python on the device (default python3).")
+@click.option("--remote-dir", default=None, help="Bundles folder on the device (default ~/edgekd-bundles).")
+@click.option("--ssh-config", type=click.Path(path_type=Path), default=None, help="ssh config file (-F).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Measurement cache (default $EDGEKD_CACHE or ~/.cache/edgekd).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/select"), show_default=True,
+              help="Folder for select.json, pareto.png and the candidates' bundle.")
+@click.option("--json", "as_json", is_flag=True, help="Print select.json to stdout.")
+def select(target, latency_budget, speedup, budget_batch, budget_percentile, budget_precision, margin,
+           teacher_arch, candidates, input_size, num_classes, export_target, backend, trt_precision,
+           threads, remote_python, remote_dir, ssh_config, cache_dir, out, as_json):
+    """Measure student candidates on the target and pick the one a latency budget allows.
+
+    Every candidate is exported once with random weights (latency does not depend on them) and
+    all are measured in one bundle, through the same ship/verify/run path as `edgekd deploy`.
+    Measurements are cached by the target's environment, so a second selection measures
+    nothing. Without a budget every candidate is measured and plotted.
+    """
+    from edgekd.export.targets import resolve_opset
+    from edgekd.selection.budget import Budget
+    from edgekd.selection.cache import LatencyCache
+    from edgekd.selection.measure import Spec
+    from edgekd.selection.select import select as run_select
+    from edgekd.ship import DeployOptions
+
+    budget = Budget(latency_budget, speedup, budget_batch, budget_percentile, budget_precision, margin)
+    opset, ir = resolve_opset(export_target)
+    spec = Spec(input_size, num_classes, budget_batch, opset, ir, for_tensorrt=backend == "tensorrt")
+    opts = DeployOptions(target=target, backend=backend, remote_python=remote_python,
+                         remote_dir=remote_dir, threads=threads,
+                         precision=trt_precision if budget_precision == "fp32" else "int8",
+                         ssh_config=str(ssh_config) if ssh_config else None)
+    names = [c.strip() for c in candidates.split(",") if c.strip()] if candidates else None
+
+    def progress(step, detail):
+        err.print(f"[cyan]{step:>8}[/] {detail}", highlight=False, soft_wrap=True)
+
+    try:
+        doc = run_select(budget, spec, opts, out, names, teacher_arch, LatencyCache(cache_dir),
+                         progress=progress)
+    except KeyboardInterrupt:
+        err.print("interrupted: rerun the same command; what was measured is cached")
+        sys.exit(130)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    out_console = Console()
+    out_console.print(_select_table(doc))
+    err.print(f"select: {out / 'select.json'}   plot: {out / 'pareto.png'}", highlight=False)
+
+
+def _select_table(doc: dict) -> Table:
+    from rich import box
+
+    b = doc["budget"]
+    limit = b.get("limit_ms")
+    title = (f"candidates on {doc['target']['spec']}, batch {b['batch']}, {b['precision']}"
+             + (f": limit {limit:.3g} ms" if limit else ""))
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1))
+    for col in ("model", "MACs", "params", "p50 ms", "CI hi", "p90 ms", "fits"):
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
+    rows = list(doc["candidates"])
+    if doc.get("teacher"):
+        rows.append({**doc["teacher"], "teacher": True})
+    for r in rows:
+        lat = r["latency_ms"]
+        mark = "teacher" if r.get("teacher") else (
+            "chosen" if r["arch"] == doc.get("chosen") else ("yes" if r.get("fits") else
+                                                             ("no" if limit else "")))
+        table.add_row(r["arch"] + (" *" if r.get("cached") else ""), f"{r['macs'] / 1e6:.1f}M",
+                      f"{r['params'] / 1e3:.0f}k", f"{lat['p50']:.2f}", f"{lat['median_ci95'][1]:.2f}",
+                      f"{lat['p90']:.2f}", mark)
+    table.caption = (f"{doc['target'].get('cpu') or ''} {doc['target']['backend']}; CI hi: upper end "
+                     f"of the median's 95 % CI; * = cached ({doc['cached']} cached, "
+                     f"{doc['measured']} measured); ranking: {doc['ranking']}")
     return table
 
 
 # ---- export ----------------------------------------------------------------------------
-_TARGETS = ["jetson-jp5", "jetson-jp6", "jetson-jp7", "cpu"]
 
 
 @cli.command()
@@ -353,7 +488,13 @@ def _experiment_config(dataset, data_dir, teacher, teacher_arch, epochs, teacher
     overrides = {"data.data_dir": data_dir, "teacher.checkpoint": teacher, "teacher.arch": teacher_arch,
                  "student.train.epochs": epochs, "teacher.train.epochs": teacher_epochs,
                  "device": device, "student.arch": student}
-    return build_config(config_file, dataset, overrides, sets, recipe=recipe)
+    cfg = build_config(config_file, dataset, overrides, sets, recipe=recipe)
+    if cfg.student.arch is None:
+        # Experiments compare methods on one fixed pair: without a named student, the papers'
+        # (a latency budget chooses the student of `compress`, not of an ablation).
+        cfg.student.arch = "mbv2_cifar_trunc5"
+        cfg.budget.latency_ms = cfg.budget.speedup = None
+    return cfg
 
 
 def _command_line() -> str:

@@ -24,3 +24,11 @@ class BenchError(EdgeKDError):
 class ShipError(EdgeKDError):
     """Shipping a run to a device failed (unreachable, refused, missing libraries, no space,
     a crash there); nothing half-done is left that a later deploy would trust."""
+
+
+class SelectError(EdgeKDError):
+    """A latency budget that cannot be met or set (edgekd.selection)."""
+
+
+class BudgetError(EdgeKDError):
+    """The final student measured over its latency budget on the target."""

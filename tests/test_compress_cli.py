@@ -278,16 +278,18 @@ def test_indistill_warmup_then_feature_terms(tmp_path):
 
 @pytest.mark.parametrize("how", ["kd", "pkt"])
 def test_auxiliary_teacher_bridges_the_warmup_and_teaches_stage_2(tmp_path, monkeypatch, how):
-    import edgekd.pipeline.compress as pipeline
+    from edgekd.distill.losses import DistillObjective
+    from edgekd.pipeline.stages import aux, student
 
     widths = []  # features.17 width of the teacher each distillation objective is built with
 
-    class Recording(pipeline.DistillObjective):
+    class Recording(DistillObjective):
         def __init__(self, teacher, *a, **kw):
             widths.append(teacher.body.features[17].out_channels)
             super().__init__(teacher, *a, **kw)
 
-    monkeypatch.setattr(pipeline, "DistillObjective", Recording)
+    monkeypatch.setattr(aux, "DistillObjective", Recording)
+    monkeypatch.setattr(student, "DistillObjective", Recording)
     out = tmp_path / "run"
     r = _compress(*TINY, "--teacher-arch", "mbv2_cifar_w0.75", "--student", "mbv2_cifar_w0.25",
                   "--method", "indistill+kd", "--no-bench", "--epochs", "2",

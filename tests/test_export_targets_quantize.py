@@ -156,20 +156,21 @@ def test_over_budget_fails_with_the_measured_drop_and_writes_nothing(run, tmp_pa
 
 
 def test_compress_int8_stage_records_in_the_report(trained):
-    from edgekd.pipeline import compress as pipeline
+    from edgekd.pipeline.report import build_report
+    from edgekd.pipeline.stages.quantize import STAGE as stage_quantize
     from edgekd.pipeline.standalone import open_run
 
     ctx = open_run(trained)
     ctx.cfg.export.int8 = True
     ctx.cfg.export.int8_calib_size = 40
-    pipeline.stage_quantize(ctx)
+    stage_quantize(ctx)
     info = ctx.run.stage_info("quantize")
     assert info["student"]["out_path"] == "student.int8.onnx" and info["calibration"]["count"] == 40
     assert info["student"]["accuracy"]["drop_pp"] <= 1.0
-    report = pipeline.build_report(ctx, 0.0)
+    report = build_report(ctx, 0.0)
     assert report["int8"]["student"]["accuracy"] == info["student"]["accuracy"]
     assert report["artifacts"]["student.int8.onnx"] == "student.int8.onnx"
     calls = []
     ctx.reporter = type("R", (), {"stage": lambda self, *a: calls.append(a)})()
-    pipeline.stage_quantize(ctx)  # valid: skipped
+    stage_quantize(ctx)  # valid: skipped
     assert calls[-1][1] == "skip"

@@ -20,7 +20,7 @@ from edgekd.distill.methods import auto_at_layer, build_terms
 from edgekd.errors import EdgeKDError
 from edgekd.models import create_model
 from edgekd.models.mobilenetv2_cifar import TRUNCATIONS
-from edgekd.pipeline.compress import epoch_plan
+from edgekd.pipeline.stages.warmup import epoch_plan
 from edgekd.recipes import PAPER
 from tests.conftest import TINY
 
@@ -60,7 +60,8 @@ def test_curriculum_gives_three_layers_3_4_5_epochs_at_the_defaults():
 
 # ---- fair epoch budget -------------------------------------------------------------------
 def test_the_warmup_comes_out_of_the_students_epochs():
-    cfg = build_config(overrides={"method": "indistill+kd", "student.train.epochs": 20})
+    cfg = build_config(overrides={"method": "indistill+kd", "student.train.epochs": 20,
+                                  "student.arch": "mbv2_cifar_trunc5"})
     assert epoch_plan(cfg, 10, 16) == {"warmup": 12, "distill": 8, "total": 20}
     cfg.method = "kd"
     assert epoch_plan(cfg, 10, 16) == {"warmup": 0, "distill": 20, "total": 20}

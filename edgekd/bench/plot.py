@@ -7,7 +7,7 @@ from pathlib import Path
 from edgekd.io import atomic_path
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # no display on a server or in CI
@@ -18,7 +18,7 @@ def _pyplot():
 
 def plot_set(doc: dict, path: str | Path) -> None:
     """One panel per batch size: p50 of every model, whiskers from p50 to p90 (edgekd.bench-set)."""
-    plt = _pyplot()
+    plt = pyplot()
     entries = doc["entries"]
     batches = [r["batch_size"] for r in entries[0]["document"]["results"]]
     fig, axes = plt.subplots(1, len(batches), figsize=(max(4.0, 1.0 + 0.9 * len(entries)) * len(batches), 3.8),
@@ -36,13 +36,13 @@ def plot_set(doc: dict, path: str | Path) -> None:
         ax.set_title(f"batch {b}")
     fig.suptitle(f"{doc['environment']['cpu']['model'] if doc['environment'].get('cpu') else ''}, "
                  f"{doc['threads']} threads", fontsize=9)
-    _save(fig, plt, path)
+    save_png(fig, plt, path)
 
 
 def plot_compare(doc: dict, path: str | Path) -> None:
     """Teacher vs student p50 per backend, one panel per batch size, with the measured speed-up
     over each pair and the claimed one in the title (edgekd.latency-compare)."""
-    plt = _pyplot()
+    plt = pyplot()
     batches = sorted({r["batch"] for r in doc["rows"]}, reverse=True)
     fig, axes = plt.subplots(1, len(batches), figsize=(5.0 * len(batches), 4.0), squeeze=False)
     for ax, b in zip(axes[0], batches, strict=True):
@@ -61,7 +61,7 @@ def plot_compare(doc: dict, path: str | Path) -> None:
     fig.suptitle(f"measured teacher/student speed-up vs the claimed {claim['speedup']:.1f}x "
                  f"({claim['teacher_ms']:.0f} -> {claim['student_ms']:.0f} ms, batch {claim['batch']}); "
                  f"MAC ratio {doc['mac_ratio']:.2f}x", fontsize=9)
-    _save(fig, plt, path)
+    save_png(fig, plt, path)
 
 
 def _pair_label(r: dict) -> str:
@@ -71,7 +71,7 @@ def _pair_label(r: dict) -> str:
     return f"{name}\n{prec}"
 
 
-def _save(fig, plt, path: str | Path) -> None:
+def save_png(fig, plt, path: str | Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")

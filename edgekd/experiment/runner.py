@@ -22,8 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgekd.config import RunConfig, apply_override, config_from_dict, validate
-from edgekd.pipeline import compress as pipeline
+from edgekd.pipeline.compress import compress
+from edgekd.pipeline.context import Context, Silent
 from edgekd.pipeline.rundir import RunDir
+from edgekd.pipeline.stages import data as data_stage
+from edgekd.pipeline.stages import teacher as teacher_stage
+from edgekd.pipeline.stages.data import prepare_data
+from edgekd.pipeline.stages.warmup import epoch_plan
 from edgekd.train import engine
 
 
@@ -41,16 +46,16 @@ def train_shared_teacher(base: RunConfig, out: Path, reporter=None) -> Path:
     validate(cfg)
     run = RunDir(out)
     run.open(cfg, resume=True)
-    ctx = pipeline.Context(cfg, run, engine.resolve_device(cfg.device), reporter or pipeline._Silent(),
-                           data=pipeline.prepare_data(cfg))
-    pipeline.stage_data(ctx)
-    pipeline.stage_teacher(ctx)
+    ctx = Context(cfg, run, engine.resolve_device(cfg.device), reporter or Silent(),
+                  data=prepare_data(cfg))
+    data_stage.STAGE(ctx)
+    teacher_stage.STAGE(ctx)
     return run / "teacher.pt"
 
 
 def subset_fraction(base: RunConfig, count: int) -> float:
     """The stratified fraction of the training split that holds about `count` images."""
-    n = len(pipeline.prepare_data(base).train)
+    n = len(prepare_data(base).train)
     return min(1.0, count / n)
 
 
@@ -60,7 +65,7 @@ def _run_one(cfg_dict: dict, run_dir: str, threads: int | None) -> dict:
     if threads:
         torch.set_num_threads(threads)
     cfg = config_from_dict(cfg_dict)
-    return pipeline.compress(cfg, run_dir, resume=True)
+    return compress(cfg, run_dir, resume=True)
 
 
 def _check_epoch_budgets(base: RunConfig, specs: list[RunSpec]) -> None:
@@ -71,8 +76,8 @@ def _check_epoch_budgets(base: RunConfig, specs: list[RunSpec]) -> None:
         for k, v in spec.overrides.items():
             apply_override(cfg, k, v)
         if "indistill" in cfg.method.split("+"):
-            data = data or pipeline.prepare_data(base)
-            pipeline.epoch_plan(cfg, data.num_classes, data.input_size)
+            data = data or prepare_data(base)
+            epoch_plan(cfg, data.num_classes, data.input_size)
 
 
 def run_grid(base: RunConfig, specs: list[RunSpec], out: Path, *, jobs: int = 1,
@@ -108,7 +113,7 @@ def run_grid(base: RunConfig, specs: list[RunSpec], out: Path, *, jobs: int = 1,
     if jobs <= 1:
         for spec, cfg, run_dir in todo:
             # A finished run reopens with every stage skipped; other settings are refused.
-            report = pipeline.compress(cfg, run_dir, resume=True, reporter=reporter)
+            report = compress(cfg, run_dir, resume=True, reporter=reporter)
             records.append(record(spec, run_dir, report))
         return records
     # Independent runs in parallel, each with its share of the cores.

@@ -91,7 +91,7 @@ for _depth in resnet.DEPTHS:
         _register(
             f"resnet{_depth}_cifar" + ("" if _w == 1 else f"_w{_w}"), "resnet-cifar",
             functools.partial(resnet.CifarResNet, depth=_depth, width=_w), 32,
-            f"CIFAR ResNet-{_depth} ({16 * _w}/{32 * _w}/{64 * _w} channels; dense 3x3 convolutions)",
+            f"CIFAR ResNet-{_depth} ({round(16 * _w)}/{round(32 * _w)}/{round(64 * _w)} channels; dense 3x3 convolutions)",
         )
 
 

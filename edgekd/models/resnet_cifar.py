@@ -11,15 +11,15 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, conv1x1
 
 DEPTHS = (8, 14, 20)
-WIDTHS = (1, 2)
+WIDTHS = (0.5, 0.75, 1, 2)  # x 16/32/64 channels
 
 
 class CifarResNet(nn.Module):
-    def __init__(self, num_classes: int = 10, depth: int = 20, width: int = 1):
+    def __init__(self, num_classes: int = 10, depth: int = 20, width: float = 1):
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth is 6n + 2, got {depth}")
-        n, c = (depth - 2) // 6, 16 * width
+        n, c = (depth - 2) // 6, round(16 * width)
         self.conv1 = nn.Conv2d(3, c, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(c)
         self.relu = nn.ReLU(inplace=True)

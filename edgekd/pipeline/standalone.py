@@ -6,19 +6,27 @@ from pathlib import Path
 
 from edgekd.config import apply_override, config_from_dict, validate
 from edgekd.errors import RunDirError
-from edgekd.pipeline import compress as pipeline
+from edgekd.pipeline.context import IG_DIR, Context, load_run_model
 from edgekd.pipeline.rundir import CONFIG, RunDir
+from edgekd.pipeline.stages import data as data_stage
+from edgekd.pipeline.stages import export as export_stage
+from edgekd.pipeline.stages.ig import compute_ig
 from edgekd.train import engine
 
 
-def open_run(run_dir: str | Path) -> pipeline.Context:
+def open_run(run_dir: str | Path) -> Context:
     """Reopen a finished run: its settings and its data set, without changing anything."""
     run = RunDir(run_dir)
     if not (run / CONFIG).exists():
         raise RunDirError(f"{run_dir} is not an edgekd run directory (no {CONFIG}): pass a run's folder")
     cfg = config_from_dict(run.read_config()["settings"])
-    ctx = pipeline.Context(cfg, run, engine.resolve_device("cpu"), pipeline._Silent())
-    pipeline.stage_data(ctx)
+    if cfg.student.arch is None and run.stage_info("select").get("chosen"):
+        # Chosen by the run's latency budget: the reopened run is that student's, its budget
+        # spent (single stages neither select nor check it again).
+        cfg.student.arch = run.stage_info("select")["chosen"]
+        cfg.budget.latency_ms = cfg.budget.speedup = None
+    ctx = Context(cfg, run, engine.resolve_device("cpu"))
+    data_stage.STAGE(ctx)
     return ctx
 
 
@@ -39,7 +47,7 @@ def export_run(run_dir: str | Path, opset: int | None = None, target: str | None
     if simplify is not None:
         ctx.cfg.export.simplify = simplify
     validate(ctx.cfg)
-    pipeline.stage_export(ctx)
+    export_stage.STAGE(ctx)
     return ctx.run.stage_info("export")
 
 
@@ -105,7 +113,7 @@ def quantize_run(
     return info
 
 
-def _teacher_run(run_dir: str | Path, device: str | None = None) -> pipeline.Context:
+def _teacher_run(run_dir: str | Path, device: str | None = None) -> Context:
     ctx = open_run(run_dir)
     if not (ctx.run / "teacher.pt").is_file():
         raise RunDirError(f"{run_dir} has no teacher.pt: run `edgekd compress --out {run_dir}` first "
@@ -129,7 +137,7 @@ def ig_compute_run(run_dir: str | Path, overrides: dict | None = None, device: s
         if value is not None:
             apply_override(ctx.cfg, key, value)
     validate(ctx.cfg)
-    result = pipeline.compute_ig(ctx, force=force, progress=progress)
+    result = compute_ig(ctx, force=force, progress=progress)
     doc = result.manifest
     return {
         "run": str(run_dir), "cache": str(ctx.info["ig_folder"]), "status": result.status,
@@ -151,11 +159,11 @@ def ig_show_run(run_dir: str | Path, samples: int = 10, out: str | Path | None =
 
     ctx = _teacher_run(run_dir, "cpu")
     train = ctx.data.train
-    teacher = pipeline._load_run_model(ctx, "teacher")
+    teacher = load_run_model(ctx, "teacher")
     expected = {"teacher_sha256": weights_sha256(teacher),
                 "dataset": dataset_identity(ctx.data.name, ctx.data.classes, train.images, train.labels)}
     recorded = (ctx.run.stage_info("ig") or {}).get("cache")
-    folder = ctx.run / pipeline.IG_DIR if recorded in (None, pipeline.IG_DIR) else Path(recorded)
+    folder = ctx.run / IG_DIR if recorded in (None, IG_DIR) else Path(recorded)
     maps = MapCache(folder).load(expected, check=("dataset", "teacher_sha256"))
     idx = pick_indices(train.labels, samples)
     captions = [f"#{i}  label {ctx.data.classes[int(train.labels[i])]}" for i in idx]

@@ -69,34 +69,49 @@ class DeployOptions:
     settings: MeasureSettings = field(default_factory=MeasureSettings)
 
 
-def deploy_run(run_dir: str | Path, opts: DeployOptions, progress: Progress | None = None) -> dict:
-    """Ship the run to `opts.target`, measure it there and return {'path': the results file in
-    the run, 'document': its edgekd.run-bench content, 'bundle', 'transfer', 'probe'}."""
+@dataclass
+class Device:
+    """A target that answered the probe: how to reach it and what it runs."""
+
+    target: Target
+    transport: Transport
+    python: str
+    remote_dir: str
+    probe: dict
+
+
+def connect(opts: DeployOptions, progress: Progress | None = None, bundle_bytes: int = 0) -> Device:
+    """Check the options, reach `opts.target` and probe it (Python, libraries, free space for
+    `bundle_bytes`); one-line ShipErrors naming the fix otherwise."""
     say = progress or (lambda step, detail: None)
-    run = Path(run_dir)
     target = parse_target(opts.target)
     _check_options(opts)
-    if not (run / CONFIG).is_file():
-        raise RunDirError(f"{run} is not an edgekd run directory (no {CONFIG}): pass a run's folder")
     remote_dir = _remote_dir(target, opts.remote_dir)  # refused before any work is done
-
-    say("bundle", "building")
-    manifest = build_run_bundle(run, opts.models)
-    bundle_id = manifest["manifest_sha256"]
-    name = manifest["name"]
-    size = sum(f["bytes"] for f in manifest["files"].values()) + len(json.dumps(manifest))
-    say("bundle", f"{run / BUNDLE_DIR}: {len(manifest['models'])} models, {len(manifest['files'])} files, "
-                  f"{size / 2**20:.1f} MiB, id {bundle_id[:12]}")
-
     transport = make_transport(target, opts.ssh_config, opts.connect_timeout_s, opts.bwlimit_kbps)
     python = opts.remote_python or (sys.executable if target.kind == "local" else "python3")
     say("probe", f"{target.display}: {python}")
-    probe = probe_device(transport, python, remote_dir, opts.backend, size)
+    probe = probe_device(transport, python, remote_dir, opts.backend, bundle_bytes)
     say("probe", f"Python {probe['python']['version']}, "
                  + ", ".join(f"{k} {v}" for k, v in probe["modules"].items() if v)
                  + (f", {probe['free_bytes'] / 2**20:.0f} MiB free" if probe.get("free_bytes") is not None else ""))
+    return Device(target, transport, python, remote_dir, probe)
 
-    method = _method(opts.transfer, transport, probe)
+
+def manifest_bytes(manifest: dict) -> int:
+    """What shipping the bundle of `manifest` writes on the device, in bytes."""
+    return sum(f["bytes"] for f in manifest["files"].values()) + len(json.dumps(manifest))
+
+
+def run_on_device(device: Device, bundle_dir: Path, manifest: dict, opts: DeployOptions,
+                  progress: Progress | None = None) -> dict:
+    """Ship the bundle folder `bundle_dir` (built by deploy.bundle, `manifest` its manifest)
+    to the device unless a verified copy is already there, run it and return {'document':
+    the checked edgekd.run-bench results, 'bundle', 'transfer', 'reused'}."""
+    say = progress or (lambda step, detail: None)
+    target, transport, python, remote_dir = device.target, device.transport, device.python, device.remote_dir
+    check_space(device, manifest_bytes(manifest))
+    bundle_id, name = manifest["manifest_sha256"], manifest["name"]
+    method = _method(opts.transfer, transport, device.probe)
     final = f"{remote_dir}/{name}-{bundle_id[:12]}"
     staging = f"{remote_dir}/.staging-{name}-{bundle_id[:12]}"
     reused = _verify(transport, python, final, bundle_id, check_only=True)
@@ -105,7 +120,7 @@ def deploy_run(run_dir: str | Path, opts: DeployOptions, progress: Progress | No
     else:
         _ok(transport, ["mkdir", "-p", "--", remote_dir], "create " + remote_dir)
         say("transfer", f"{method} -> {target.display}:{staging}")
-        used = transport.push(run / BUNDLE_DIR, staging, method)
+        used = transport.push(bundle_dir, staging, method)
         if used != method:
             say("transfer", f"{target.display} refused {method} (no sftp subsystem): sent with {used}")
         method = used
@@ -128,10 +143,31 @@ def deploy_run(run_dir: str | Path, opts: DeployOptions, progress: Progress | No
     doc["target"] = {"spec": target.display, "kind": target.kind, "python": python,
                      "remote_dir": remote_dir, "bundle_dir": final, "results": result_path}
     doc["transfer"] = {"method": None if reused else method, "reused": reused, "bundle_id": bundle_id}
-    out = run / f"bench-{target.slug}.json"
-    write_json(out, doc)
-    return {"path": str(out), "document": doc, "bundle": {"id": bundle_id, "dir": final},
-            "transfer": None if reused else method, "reused": reused, "probe": probe}
+    return {"document": doc, "bundle": {"id": bundle_id, "dir": final},
+            "transfer": None if reused else method, "reused": reused}
+
+
+def deploy_run(run_dir: str | Path, opts: DeployOptions, progress: Progress | None = None) -> dict:
+    """Ship the run to `opts.target`, measure it there and return {'path': the results file in
+    the run, 'document': its edgekd.run-bench content, 'bundle', 'transfer', 'probe'}."""
+    say = progress or (lambda step, detail: None)
+    run = Path(run_dir)
+    parse_target(opts.target)
+    _check_options(opts)
+    if not (run / CONFIG).is_file():
+        raise RunDirError(f"{run} is not an edgekd run directory (no {CONFIG}): pass a run's folder")
+    _remote_dir(parse_target(opts.target), opts.remote_dir)  # refused before any work is done
+
+    say("bundle", "building")
+    manifest = build_run_bundle(run, opts.models)
+    size = manifest_bytes(manifest)
+    say("bundle", f"{run / BUNDLE_DIR}: {len(manifest['models'])} models, {len(manifest['files'])} files, "
+                  f"{size / 2**20:.1f} MiB, id {manifest['manifest_sha256'][:12]}")
+    device = connect(opts, say, size)
+    result = run_on_device(device, run / BUNDLE_DIR, manifest, opts, say)
+    out = run / f"bench-{device.target.slug}.json"
+    write_json(out, result["document"])
+    return {"path": str(out), **result, "probe": device.probe}
 
 
 def build_run_bundle(run: Path, models: Sequence[str] | None = None) -> dict[str, Any]:
@@ -205,12 +241,21 @@ def probe_device(transport: Transport, python: str, remote_dir: str, backend: st
                         f"{info['python']['version']}){' (' + why + ')' if why else ''}: "
                         + "; ".join(hints[m] for m in missing)
                         + ", or pass --remote-python PATH of a venv that has them")
-    free = info.get("free_bytes")
-    if free is not None and free < bundle_bytes + SPACE_MARGIN:
-        raise ShipError(f"not enough space on {where}: {free / 2**20:.1f} MiB free at "
-                        f"{info['free_measured_at']}, the bundle needs {(bundle_bytes + SPACE_MARGIN) / 2**20:.1f} "
-                        "MiB: free space there or pass --remote-dir on a larger disk")
+    _check_free(where, info, bundle_bytes)
     return info
+
+
+def check_space(device: Device, needed: int) -> None:
+    """Refuse a bundle of `needed` bytes the probed free space cannot hold."""
+    _check_free(device.target.display, device.probe, needed)
+
+
+def _check_free(where: str, info: dict, needed: int) -> None:
+    free = info.get("free_bytes")
+    if free is not None and free < needed + SPACE_MARGIN:
+        raise ShipError(f"not enough space on {where}: {free / 2**20:.1f} MiB free at "
+                        f"{info['free_measured_at']}, the bundle needs {(needed + SPACE_MARGIN) / 2**20:.1f} "
+                        "MiB: free space there or pass --remote-dir on a larger disk")
 
 
 # Imports deploy/ from the bundle and nowhere else: `python -m deploy` would put the current

@@ -1,0 +1,130 @@
+"""What every stage shares: the run's Context (settings, run directory, device, data, the
+reporter), the reporter's protocol, and the helpers that load, build and train models in a
+run. Stages (edgekd.pipeline.stages) import this module; it imports none of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from edgekd import distributed
+from edgekd.config import NORMS, RunConfig
+from edgekd.data import Dataset
+from edgekd.data.augment import AugmentSettings
+from edgekd.errors import EdgeKDError
+from edgekd.models.registry import Classifier, create_model
+from edgekd.pipeline.rundir import METRICS, RunDir
+from edgekd.train import checkpoint, engine
+
+# Files of the run directory that more than one stage reads.
+WARMUP = "student.warmup.pt"
+AUX = "aux_teacher.pt"
+IG_DIR = "ig"
+
+
+class Reporter(engine.Callback, Protocol):
+    def stage(self, name: str, status: str, detail: str = "") -> None: ...
+
+
+class Silent:
+    """A reporter that shows nothing (library calls, ranks other than 0)."""
+
+    def stage(self, name, status, detail=""): ...
+    def on_epoch_start(self, stage, epoch, epochs, steps): ...
+    def on_step(self, stage, step, loss, acc, ips): ...
+    def on_epoch_end(self, stage, record): ...
+
+
+@dataclass
+class Context:
+    """One run in progress: what the stages read (cfg, data) and where they write (run).
+    `info` carries values one stage hands to later ones (the IG content id, the epoch plan,
+    the selection)."""
+
+    cfg: RunConfig
+    run: RunDir
+    device: torch.device
+    reporter: Reporter = field(default_factory=Silent)
+    data: Dataset | None = None
+    info: dict = field(default_factory=dict)
+
+
+def on_main(fn):
+    """Run `fn` on rank 0 only and hand its result (or its error) to every rank; just `fn()`
+    in a single process. Ranks never wait on a rank that has failed."""
+    if not distributed.active():
+        return fn()
+    outcome: tuple = ("ok", None)
+    if distributed.is_main():
+        try:
+            outcome = ("ok", fn())
+        except Exception as e:  # re-raised below, on every rank
+            outcome = ("error", e)
+    kind, value = distributed.broadcast_object(outcome)
+    if kind == "error":
+        if distributed.is_main():
+            raise value
+        raise EdgeKDError(f"rank 0 failed: {value}")
+    return value
+
+
+def augment_settings(ctx: Context) -> AugmentSettings:
+    d = ctx.cfg.data
+    pad = d.crop_padding if d.crop_padding is not None else ctx.data.input_size // 8
+    return AugmentSettings(crop_padding=pad, hflip=ctx.data.hflip if d.hflip is None else d.hflip)
+
+
+def input_norm(ctx: Context, role: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) a new model of `role` normalises its raw [0, 1] input with."""
+    norm = getattr(ctx.cfg, role).norm
+    return (ctx.data.mean, ctx.data.std) if norm == "data" else NORMS[norm]
+
+
+def new_model(ctx: Context, role: str) -> Classifier:
+    # Seeded per role so the student's init does not depend on whether the teacher was trained.
+    torch.manual_seed(ctx.cfg.seed * 2 + (role == "student"))
+    arch = getattr(ctx.cfg, role).arch
+    return create_model(arch, ctx.data.num_classes, *input_norm(ctx, role))
+
+
+def load_run_model(ctx: Context, name: str) -> Classifier:
+    """RUN/<name>.pt (teacher, student, aux_teacher, student.warmup) as a model on the CPU."""
+    model, _ = checkpoint.load_model(ctx.run / f"{name}.pt", what=name)
+    return model
+
+
+def frozen_teacher(ctx: Context, name: str = "teacher") -> Classifier:
+    teacher = load_run_model(ctx, name).to(ctx.device).eval()
+    if ctx.cfg.student.train.channels_last:
+        teacher.to(memory_format=torch.channels_last)
+    return teacher
+
+
+def train_stage(ctx: Context, stage: str, model, train_cfg, objective, key: str,
+                transform: engine.BatchTransform | None = None, evaluate_every_epoch: bool = True):
+    """engine.train for one training stage of the run, resuming from RUN/ckpt/<stage>.state.pt."""
+    ckpt_dir = ctx.run / "ckpt"
+    ckpt_dir.mkdir(exist_ok=True)
+    return engine.train(
+        model, ctx.data.train, ctx.data.val, ctx.data.test, train_cfg,
+        stage=stage, seed=ctx.cfg.seed, device=ctx.device, objective=objective,
+        transform=transform or engine.StandardAugment(augment_settings(ctx)),
+        state_path=ckpt_dir / f"{stage}.state.pt", metrics_path=ctx.run / METRICS,
+        settings_key=key, resume=True, tb_dir=ctx.run / "tb", callback=ctx.reporter,
+        evaluate_every_epoch=evaluate_every_epoch,
+    )
+
+
+def save_trained(ctx: Context, stage: str, key: str, model, file: str, arch: str, summary: dict,
+                 **meta) -> None:
+    """Rank 0 saves a trained stage's model as RUN/<file>, records the stage as done and drops
+    its resume state."""
+    def save():
+        checkpoint.save_model(model.cpu(), ctx.run / file, arch, ctx.data.classes,
+                              input_size=ctx.data.input_size, dataset=ctx.data.name, **meta)
+        ctx.run.mark_done(stage, key, [file], summary)
+        (ctx.run / "ckpt" / f"{stage}.state.pt").unlink(missing_ok=True)
+
+    on_main(save)

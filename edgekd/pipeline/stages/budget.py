@@ -1,0 +1,79 @@
+"""Stage `budget`: the final student measured again on the budget's target, beside the trained
+teacher, at the budget's batch and precision, through `edgekd deploy`'s path (RUN/bundle/,
+RUN/bench-<target>.json). Whether the budget holds is recorded; a student over it fails the
+run loudly once the report is written (compress raises BudgetError), on every resume too.
+"""
+
+from __future__ import annotations
+
+from edgekd.errors import BudgetError
+from edgekd.pipeline.context import Context
+from edgekd.pipeline.rundir import stage_key
+from edgekd.pipeline.stage import Stage
+from edgekd.pipeline.stages.select import budget_of, deploy_options
+
+
+def verdict(ctx: Context) -> None:
+    """Raise BudgetError when the recorded final measurement is over the budget."""
+    info = ctx.run.stage_info("budget")
+    if info and not info["holds"]:
+        raise BudgetError(
+            f"the final student {info['student']} measures {info['student_ms']:.3g} ms "
+            f"({info['percentile']}, batch {info['batch']}, {info['precision']}) on "
+            f"{info['target']}, over its budget of {info['limit_ms']:.3g} ms: the run's files are "
+            "kept; choose a smaller student (a larger --speedup or a smaller --latency-budget) "
+            "or --budget-precision int8 with --int8")
+
+
+class BudgetStage(Stage):
+    name = "budget"
+    outputs = ()
+
+    def applies(self, ctx: Context) -> bool:
+        return ctx.cfg.budget.active and ctx.cfg.export.enabled
+
+    def _models(self, ctx: Context) -> list[str]:
+        return ["teacher", "student.int8" if ctx.cfg.budget.precision == "int8" else "student"]
+
+    def key(self, ctx: Context) -> str:
+        return stage_key("budget", ctx.cfg.budget.__dict__,
+                         *[ctx.run.output_hash(f"{m}.onnx") for m in self._models(ctx)])
+
+    def run(self, ctx: Context, key: str) -> None:
+        from dataclasses import replace
+
+        from edgekd.selection.measure import SELECT_SETTINGS
+        from edgekd.selection.select import measured_value
+        from edgekd.ship.remote import deploy_run
+
+        b = ctx.cfg.budget
+        budget = budget_of(ctx)
+        models = self._models(ctx)
+        ctx.reporter.stage("budget", "start", f"measuring {', '.join(models)} on {b.target} at batch "
+                           f"{b.batch}")
+        opts = replace(deploy_options(ctx), models=models, settings=SELECT_SETTINGS)
+        result = deploy_run(ctx.run.path, opts)
+        doc = result["document"]
+
+        def value(key: str, side: int) -> float:
+            r = doc["models"][key]["results"][0]
+            return measured_value({"latency_ms": r["latency_ms"]}, b.percentile, side)
+
+        # Held strictly: the student's p50 at its CI's upper end, the teacher's at the lower.
+        teacher_ms, student_ms = value("teacher", 0), value(models[1], 1)
+        # With --speedup the limit comes from this very measurement of the trained teacher.
+        limit = budget.limit_ms(teacher_ms)
+        info = {"student": ctx.cfg.student.arch, "precision": b.precision, "batch": b.batch,
+                "percentile": b.percentile, "target": b.target, "backend": b.backend,
+                "limit_ms": limit, "student_ms": student_ms, "teacher_ms": teacher_ms,
+                "speedup": round(teacher_ms / student_ms, 2),
+                "margin_ms": limit - student_ms, "margin_pct": round(100 * (limit - student_ms) / limit, 2),
+                "holds": student_ms <= limit, "results": result["path"].rsplit("/", 1)[-1],
+                "cpu": ((doc.get("environment") or {}).get("cpu") or {}).get("model")}
+        ctx.run.mark_done("budget", key, [info["results"]], info)
+        ctx.reporter.stage("budget", "done" if info["holds"] else "note",
+                           f"{'holds' if info['holds'] else 'OVER BUDGET'}: student {student_ms:.3g} ms "
+                           f"vs {limit:.3g} ms, {info['speedup']:.1f}x faster than the teacher")
+
+
+STAGE = BudgetStage()

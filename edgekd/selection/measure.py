@@ -1,0 +1,175 @@
+"""Measure architectures on a target: export each once with random weights (latency does not
+depend on their values), INT8-quantize them when asked, put every model that the cache does
+not already hold into one bundle, and run that bundle on the target through the same
+probe/ship/verify/run path as `edgekd deploy`."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deploy.bundle import build_bundle
+from deploy.errors import DeployError, RunnerUnavailable
+from deploy.harness import MeasureSettings
+from edgekd.errors import SelectError, ShipError
+from edgekd.models.profile import count_macs, count_params
+from edgekd.models.registry import create_model
+from edgekd.selection.cache import LatencyCache, environment_fingerprint
+from edgekd.ship.remote import DeployOptions, connect, manifest_bytes, run_on_device
+
+Progress = Callable[[str, str], None]
+
+# Short enough that 30 candidates take about a minute on a 2-core CPU, long enough for a
+# stable median at ms scale (the CI of the median is reported beside every figure).
+SELECT_SETTINGS = MeasureSettings(warmup_s=0.2, warmup_iters=3, min_iters=15, min_s=0.5, max_s=15.0)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What is measured: the models' input and classes, and how they are exported."""
+
+    input_size: int
+    num_classes: int = 10
+    batch: int = 64
+    opset: int = 17
+    ir_version: int | None = None
+    for_tensorrt: bool = False
+
+
+def arch_id(name: str, num_classes: int) -> str:
+    """A hash of the architecture's structure (module tree and parameter shapes), so a changed
+    family definition under the same name is re-measured."""
+    model = create_model(name, num_classes)
+    shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    return hashlib.sha256(repr((repr(model), shapes)).encode()).hexdigest()[:16]
+
+
+def label(name: str, precision: str) -> str:
+    """The key of a measurement: the architecture's name, `.int8` appended for INT8."""
+    return name if precision == "fp32" else f"{name}.{precision}"
+
+
+def describe_arch(name: str, spec: Spec) -> dict:
+    model = create_model(name, spec.num_classes)
+    return {"arch": name, "params": count_params(model), "macs": count_macs(model, spec.input_size)}
+
+
+def export_random(name: str, precision: str, spec: Spec, folder: Path,
+                  calib: np.ndarray | None) -> dict:
+    """Random-weight ONNX of `name` in `folder` (and its INT8 QDQ copy for precision int8);
+    returns {'path', 'precision'} of the file to measure."""
+    from edgekd.export.onnx import export_onnx
+
+    torch.manual_seed(0)
+    model = create_model(name, spec.num_classes).eval()
+    fp32 = folder / f"{name}.onnx"
+    export_onnx(model, fp32, spec.input_size, spec.opset, {"arch": name, "role": "candidate",
+                "weights": "random"}, ir_version=spec.ir_version)
+    if precision != "int8":
+        return {"path": str(fp32), "precision": "fp32"}
+    from calibration import quantize_static_qdq
+
+    int8 = folder / f"{name}.int8.onnx"
+    quantize_static_qdq(fp32, int8, calib, method="minmax", for_tensorrt=spec.for_tensorrt)
+    return {"path": str(int8), "precision": "int8"}
+
+
+def measure_archs(
+    items: Sequence[tuple[str, str]],
+    spec: Spec,
+    deploy: DeployOptions,
+    work_dir: str | Path,
+    cache: LatencyCache,
+    samples: np.ndarray | None = None,
+    calib: np.ndarray | None = None,
+    settings: MeasureSettings = SELECT_SETTINGS,
+    progress: Progress | None = None,
+    on_export: Callable[[int, int, str], None] | None = None,
+) -> dict[str, dict]:
+    """Latency of every (architecture, precision) in `items` on `deploy.target` at
+    `spec.batch`: from the cache where it holds the figure, otherwise measured now, all in one
+    bundle. Returns label(name, precision) -> {arch, params, macs, precision, latency_ms (p50,
+    p90, p99, mean, sd, median_ci95), iterations, cached, measured, where, cpu}.
+
+    `samples` (N, 3, H, W) float32 in [0, 1] feed the harness (noise by default); `calib`
+    images calibrate INT8 (the samples by default)."""
+    say = progress or (lambda step, detail: None)
+    work = Path(work_dir)
+    opts = replace(deploy, batch_sizes=[spec.batch], settings=settings, models=None)
+    device = connect(opts, say)
+    fingerprint = environment_fingerprint(device.probe, opts.backend)
+    shape = (max(spec.batch, 32), 3, spec.input_size, spec.input_size)
+    if samples is None:
+        samples = np.random.default_rng(0).random(shape, dtype=np.float32)
+    calib = samples[:64] if calib is None else calib
+
+    out: dict[str, dict] = {}
+    idents: dict[str, dict] = {}
+    todo = []
+    for name, precision in items:
+        key = label(name, precision)
+        ident = {"environment": fingerprint, "arch": name, "arch_id": arch_id(name, spec.num_classes),
+                 "input_size": spec.input_size, "num_classes": spec.num_classes, "batch": spec.batch,
+                 "backend": opts.backend, "precision": precision, "threads": opts.threads,
+                 "providers": list(opts.providers or []), "opset": spec.opset,
+                 "trt_precision": opts.precision if opts.backend == "tensorrt" else None,
+                 "settings": settings.__dict__}
+        idents[key] = ident
+        hit = cache.get(LatencyCache.key(ident))
+        if hit is not None:
+            out[key] = {**hit, "cached": True}
+        else:
+            todo.append((name, precision))
+    keys = [label(n, p) for n, p in items]
+    say("cache", f"{len(items) - len(todo)} of {len(items)} measurements cached for "
+                 f"{device.target.display}")
+    if not todo:
+        return {k: out[k] for k in keys}
+
+    models_dir = work / "models"
+    models_dir.mkdir(parents=True, exist_ok=True)
+    entries = {}
+    say("export", f"{len(todo)} models to ONNX (random weights)")
+    for i, (name, precision) in enumerate(todo, 1):
+        if on_export is not None:
+            on_export(i - 1, len(todo), name)
+        else:
+            say("export", f"{i}/{len(todo)} {name} ({precision})")
+        info = describe_arch(name, spec)
+        entries[label(name, precision)] = {**export_random(name, precision, spec, models_dir, calib),
+                                           **info, "role": "candidate"}
+    if on_export is not None:
+        on_export(len(todo), len(todo), "")
+    np.save(work / "samples.npy", np.ascontiguousarray(samples, dtype=np.float32))
+    np.save(work / "samples_labels.npy", np.zeros(len(samples), dtype=np.int64))
+    try:
+        manifest = build_bundle(str(work / "bundle"), entries, str(work / "samples.npy"),
+                                str(work / "samples_labels.npy"), "edgekd-select")
+    except (DeployError, RunnerUnavailable) as e:
+        raise ShipError(str(e)) from None
+    say("bundle", f"{len(entries)} models, {manifest_bytes(manifest) / 2**20:.1f} MiB")
+    result = run_on_device(device, work / "bundle", manifest, opts, say)
+    doc = result["document"]
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    for name, precision in todo:
+        key = label(name, precision)
+        model_doc = doc["models"].get(key)
+        if model_doc is None:
+            raise SelectError(f"the target measured no {key}: rerun the selection")
+        r = model_doc["results"][0]
+        record = {"arch": name, "params": entries[key]["params"], "macs": entries[key]["macs"],
+                  "precision": precision,
+                  "latency_ms": {k: r["latency_ms"][k] for k in
+                                 ("p50", "p90", "p99", "mean", "sd", "median_ci95")},
+                  "iterations": r["iterations"], "throughput_ips": r["throughput_ips"],
+                  "measured": stamp, "where": doc.get("where"),
+                  "cpu": ((doc.get("environment") or {}).get("cpu") or {}).get("model")}
+        cache.put(LatencyCache.key(idents[key]), idents[key], record)
+        out[key] = {**record, "cached": False}
+    return {k: out[k] for k in keys}

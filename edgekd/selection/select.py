@@ -1,0 +1,154 @@
+"""`edgekd select` as a library: measure the candidates (and the teacher) on the target, rank
+them against the budget, write select.json and the Pareto plot.
+
+Ranking: among the candidates that fit, the one with the most MACs (ties: the most
+parameters), as the proxy for capacity that is known before training; `compress
+--select-epochs N` instead trains the top few briefly and keeps the best validation accuracy.
+A candidate fits when its measured percentile, taken at the upper end of the median's 95 %
+CI for p50, is at most the limit less the budget's margin.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.errors import SelectError
+from edgekd.io import write_json
+from edgekd.models.registry import describe, list_models, min_input_size
+from edgekd.selection.budget import Budget
+from edgekd.selection.cache import LatencyCache
+from edgekd.selection.measure import SELECT_SETTINGS, Progress, Spec, label, measure_archs
+from edgekd.ship.remote import DeployOptions
+
+SCHEMA = "edgekd.select"
+SELECT_JSON = "select.json"
+PARETO_PNG = "pareto.png"
+TEACHER_FAMILIES = ("mobilenetv2-cifar",)  # the full-size teacher is not a student candidate
+
+
+def default_candidates(input_size: int, exclude: Sequence[str] = ()) -> list[str]:
+    """Every registered student family that takes `input_size` (edgekd models)."""
+    out = []
+    for name in list_models():
+        if name in exclude or describe(name, teacher=None).family in TEACHER_FAMILIES:
+            continue
+        if min_input_size(name) <= input_size:
+            out.append(name)
+    return out
+
+
+def measured_value(record: dict, percentile: str, side: int = 1) -> float:
+    """The figure held against the budget: p90 as measured, p50 at its CI's upper end (`side`
+    1; the lower end, 0, for the teacher whose latency a --speedup divides, so that either
+    error makes the budget stricter, never looser)."""
+    lat = record["latency_ms"]
+    if percentile == "p50":
+        return float(lat["median_ci95"][side])
+    return float(lat[percentile])
+
+
+def rank(records: dict[str, dict], budget: Budget, limit_ms: float | None) -> list[dict]:
+    """Candidates as rows with `value_ms`, `fits` and `margin_pct`, best first: fitting ones by
+    MACs then params (descending), then the rest by latency."""
+    rows = []
+    for key, r in records.items():
+        value = measured_value(r, budget.percentile)
+        row = {"key": key, **r, "value_ms": value}
+        if limit_ms is not None:
+            row["fits"] = value <= limit_ms * (1 - budget.margin)
+            row["margin_pct"] = round(100.0 * (limit_ms - value) / limit_ms, 2)
+        rows.append(row)
+    fitting = sorted((r for r in rows if r.get("fits")), key=lambda r: (-r["macs"], -r["params"]))
+    rest = sorted((r for r in rows if not r.get("fits")), key=lambda r: r["value_ms"])
+    return fitting + rest
+
+
+def no_fit_message(budget: Budget, limit_ms: float, rows: list[dict], target: str) -> str:
+    fastest = min(rows, key=lambda r: r["value_ms"])
+    hints = []
+    if budget.precision == "fp32":
+        hints.append("--budget-precision int8")
+    if budget.batch > 1:
+        hints.append("a smaller --budget-batch")
+    hints.append("a lower --input-size")
+    hints.append("a larger budget")
+    return (f"no candidate meets {limit_ms:.3g} ms ({budget.describe()}, {budget.margin:.0%} headroom) "
+            f"on {target}: the fastest, {fastest['arch']}, measures {fastest['value_ms']:.3g} ms; "
+            f"try {', '.join(hints[:-1])} or {hints[-1]}")
+
+
+def select(
+    budget: Budget,
+    spec: Spec,
+    deploy: DeployOptions,
+    out_dir: str | Path,
+    candidates: Sequence[str] | None = None,
+    teacher: str | None = "mbv2_cifar",
+    cache: LatencyCache | None = None,
+    samples: np.ndarray | None = None,
+    calib: np.ndarray | None = None,
+    progress: Progress | None = None,
+    require_fit: bool = True,
+    on_export=None,
+) -> dict:
+    """Measure and rank; returns the edgekd.select document (also OUT/select.json, with the
+    plot OUT/pareto.png). Without a budget every candidate is measured and plotted, none is
+    chosen. With `require_fit`, a budget no candidate meets is a SelectError naming the
+    fastest candidate and what would help."""
+    out = Path(out_dir)
+    names = list(candidates) if candidates else default_candidates(spec.input_size, [teacher or ""])
+    if not names:
+        raise SelectError(f"no candidate takes {spec.input_size}x{spec.input_size} inputs: "
+                          "raise --input-size or name candidates with --candidates")
+    too_small = [n for n in names if min_input_size(n) > spec.input_size]
+    if too_small:
+        raise SelectError(f"{too_small[0]} needs inputs of at least {min_input_size(too_small[0])} px, "
+                          f"the selection is at {spec.input_size}: drop it from --candidates")
+    items = [(n, budget.precision) for n in names]
+    # The teacher as the user runs it today (FP32): the reference of --speedup.
+    if teacher is not None:
+        items.append((teacher, "fp32"))
+    records = measure_archs(items, spec, deploy, out / "work", cache or LatencyCache(), samples,
+                            calib, SELECT_SETTINGS, progress, on_export)
+    teacher_rec = records.pop(teacher) if teacher is not None else None
+    teacher_ms = measured_value(teacher_rec, budget.percentile, side=0) if teacher_rec else None
+    if budget.speedup is not None and teacher_ms is None:
+        raise SelectError("--speedup needs the teacher measured on the target: pass --teacher-arch")
+    limit = budget.limit_ms(teacher_ms)
+    rows = rank(records, budget, limit)
+    chosen = rows[0] if limit is not None and rows and rows[0].get("fits") else None
+    doc = {
+        "schema": SCHEMA, "schema_version": 1,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "target": {"spec": deploy.target, "backend": deploy.backend,
+                   "cpu": next((r.get("cpu") for r in records.values() if r.get("cpu")), None),
+                   "threads": deploy.threads},
+        "input_size": spec.input_size, "num_classes": spec.num_classes,
+        "budget": {"latency_ms": budget.latency_ms, "speedup": budget.speedup, "batch": budget.batch,
+                   "percentile": budget.percentile, "precision": budget.precision,
+                   "margin": budget.margin, "limit_ms": limit},
+        "ranking": "fitting candidates by MACs, then params (most first); a p50 is held against "
+                   "the budget at the upper end of its 95 % CI, the teacher's (for --speedup) at "
+                   "the lower end",
+        "settings": SELECT_SETTINGS.__dict__,
+        "teacher": ({**teacher_rec, "value_ms": teacher_ms} if teacher_rec else None),
+        "candidates": rows,
+        "chosen": chosen["arch"] if chosen else None,
+        "cached": sum(1 for r in rows if r.get("cached")) + int(bool(teacher_rec and teacher_rec.get("cached"))),
+        "measured": sum(1 for r in rows if not r.get("cached")) + int(bool(teacher_rec and not teacher_rec.get("cached"))),
+        "files": {"json": SELECT_JSON, "plot": PARETO_PNG},
+    }
+    from edgekd.selection.plot import pareto_png
+
+    pareto_png(doc, out / PARETO_PNG)
+    write_json(out / SELECT_JSON, doc)
+    if limit is not None and chosen is None and require_fit:
+        raise SelectError(no_fit_message(budget, limit, rows, deploy.target))
+    return doc
+
+
+__all__ = ["Budget", "Spec", "select", "default_candidates", "rank", "label"]

@@ -1,0 +1,219 @@
+"""Choosing a student by latency on the target (edgekd.selection, `edgekd select`, `compress
+--latency-budget / --speedup`): real exports, real ONNX Runtime runs through deploy's bundle
+path, on `local` and on a real OpenSSH server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgekd.cli import cli
+from edgekd.config import build_config
+from edgekd.selection.budget import Budget
+from edgekd.selection.cache import LatencyCache, environment_fingerprint
+from edgekd.selection.select import rank
+from tests import sshd
+
+# Three small candidates of three families, and a small teacher, at 16x16.
+CANDIDATES = "resnet8_cifar_w0.5,mbv2_cifar_d0.25_w0.35,mbv2_cifar_trunc13"
+TEACHER = "mbv2_cifar_w0.25"
+SELECT = ["select", "--input-size", "16", "--candidates", CANDIDATES, "--teacher-arch", TEACHER]
+
+
+def _one_line_error(r, *needles):
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and sum(x.startswith("error:") for x in lines) == 1, r.stderr
+    for n in needles:
+        assert n in lines[-1], lines[-1]
+    return lines[-1]
+
+
+def _results(device: Path) -> list[Path]:
+    return sorted((device / "results").glob("*.json")) if (device / "results").is_dir() else []
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if sshd.missing() is not None:
+        pytest.skip(str(sshd.missing()))
+    s = sshd.LoopbackSshd(tmp_path_factory.mktemp("sshd"))
+    s.start()
+    yield s
+    s.stop()
+
+
+def test_select_over_an_ssh_alias_writes_table_json_and_plot_then_measures_nothing_again(server, tmp_path):
+    device, cache, out = tmp_path / "device", tmp_path / "cache", tmp_path / "select"
+    argv = [*SELECT, "--target", sshd.ALIAS, "--ssh-config", str(server.config), "--remote-dir",
+            str(device), "--remote-python", sys.executable, "--cache-dir", str(cache), "--out", str(out),
+            "--latency-budget", "1000"]
+    first = CliRunner().invoke(cli, argv)
+    assert first.exit_code == 0, first.output
+    doc = json.loads((out / "select.json").read_text())
+    names = CANDIDATES.split(",")
+    assert {r["arch"] for r in doc["candidates"]} == set(names) and doc["teacher"]["arch"] == TEACHER
+    assert doc["measured"] == 4 and doc["cached"] == 0 and len(_results(device)) == 1
+    # Everything fits 1 s: the most MACs wins.
+    assert doc["chosen"] == max(doc["candidates"], key=lambda r: r["macs"])["arch"]
+    assert all(r["fits"] and r["latency_ms"]["p50"] > 0 for r in doc["candidates"])
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in names:
+        assert name in first.stdout
+    assert "chosen" in first.stdout and "teacher" in first.stdout
+
+    again = CliRunner().invoke(cli, argv)
+    assert again.exit_code == 0, again.output
+    redo = json.loads((out / "select.json").read_text())
+    # Nothing ran on the device: no new results file, every figure from the cache.
+    assert redo["measured"] == 0 and redo["cached"] == 4 and len(_results(device)) == 1
+    assert all(r["cached"] for r in redo["candidates"]) and redo["teacher"]["cached"]
+    assert [r["latency_ms"] for r in redo["candidates"]] == [r["latency_ms"] for r in doc["candidates"]]
+    assert "4 cached, 0 measured" in " ".join(again.stdout.split())
+
+    # Another batch size is another measurement.
+    other = CliRunner().invoke(cli, [*argv, "--budget-batch", "8"])
+    assert other.exit_code == 0, other.output
+    assert json.loads((out / "select.json").read_text())["measured"] == 4 and len(_results(device)) == 2
+
+
+def test_a_budget_no_candidate_meets_names_the_fastest_and_what_would_help(tmp_path):
+    r = CliRunner().invoke(cli, [*SELECT, "--latency-budget", "0.001", "--cache-dir", str(tmp_path / "c"),
+                                 "--out", str(tmp_path / "s"), "--remote-dir", str(tmp_path / "d")])
+    last = _one_line_error(r, "no candidate meets 0.001 ms", "the fastest", "--budget-precision int8",
+                           "smaller --budget-batch", "lower --input-size")
+    doc = json.loads((tmp_path / "s" / "select.json").read_text())
+    fastest = min(doc["candidates"], key=lambda row: row["value_ms"])
+    assert fastest["arch"] in last and doc["chosen"] is None
+    assert not any(row["fits"] for row in doc["candidates"])
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--latency-budget", "0"], "--latency-budget must be > 0"),
+    (["--latency-budget", "-3"], "--latency-budget must be > 0"),
+    (["--speedup", "0.5"], "--speedup must be >= 1"),
+    (["--speedup", "2", "--latency-budget", "4"], "pass one of them"),
+])
+def test_impossible_budgets_are_refused_before_anything_is_measured(tmp_path, args, needle):
+    r = CliRunner().invoke(cli, [*SELECT, *args, "--out", str(tmp_path / "s")])
+    _one_line_error(r, needle)
+    assert not (tmp_path / "s").exists()
+
+
+def _record(arch, macs, p50, hi, params=1000):
+    return {"arch": arch, "macs": macs, "params": params,
+            "latency_ms": {"p50": p50, "p90": p50 * 1.1, "median_ci95": [p50 * 0.98, hi]}}
+
+
+def test_rank_takes_the_most_macs_that_fits_with_the_ci_and_the_margin():
+    records = {"big": _record("big", 9e6, 9.0, 9.2), "mid": _record("mid", 5e6, 4.6, 4.9),
+               "edge": _record("edge", 6e6, 4.7, 5.1), "small": _record("small", 1e6, 1.0, 1.1)}
+    rows = rank(records, Budget(latency_ms=5.2, margin=0.05), 5.2)
+    # edge's median is under the limit less 5 %, the upper end of its CI is not: it does not fit.
+    assert [r["arch"] for r in rows] == ["mid", "small", "edge", "big"]
+    assert [r["fits"] for r in rows] == [True, True, False, False]
+    assert rows[0]["margin_pct"] == pytest.approx(100 * (5.2 - 4.9) / 5.2, abs=0.01)
+    # p90 is held as measured (here 1.1 x p50), with no margin: edge (5.17 ms) fits now.
+    p90 = rank(records, Budget(latency_ms=5.2, percentile="p90", margin=0), 5.2)
+    assert [r["arch"] for r in p90 if r["fits"]] == ["edge", "mid", "small"]
+    assert p90[0]["value_ms"] == pytest.approx(5.17)
+
+
+def test_the_cache_key_holds_the_environment_and_a_damaged_entry_is_a_miss(tmp_path):
+    probe = {"hostname": "jetson", "machine": "aarch64", "cpu": "ARMv8", "usable_cores": 6,
+             "python": {"version": "3.10.12"}, "modules": {"onnxruntime": "1.18.0", "tensorrt": "10.3"},
+             "l4t": "# R36 (release), REVISION: 4.0"}
+    base = environment_fingerprint(probe, "onnxruntime")
+    assert environment_fingerprint(probe, "tensorrt")["libraries"] == {"tensorrt": "10.3", "pycuda": None}
+    cache = LatencyCache(tmp_path)
+    key = LatencyCache.key({"environment": base, "arch": "resnet8_cifar", "batch": 64})
+    cache.put(key, {"arch": "resnet8_cifar"}, _record("resnet8_cifar", 1, 2.0, 2.1))
+    assert cache.get(key)["latency_ms"]["p50"] == 2.0
+    fewer = environment_fingerprint({**probe, "usable_cores": 4}, "onnxruntime")
+    assert LatencyCache.key({"environment": fewer, "arch": "resnet8_cifar", "batch": 64}) != key
+    (tmp_path / "latency" / f"{key}.json").write_text("{not json")
+    assert cache.get(key) is None
+
+
+def test_digits_defaults_choose_by_budget_and_a_named_student_replaces_that_budget():
+    cfg = build_config()
+    assert cfg.student.arch is None and cfg.budget.speedup == 10 and cfg.budget.active
+    named = build_config(overrides={"student.arch": "mbv2_cifar_trunc5"})
+    assert named.student.arch == "mbv2_cifar_trunc5" and not named.budget.active
+    r = CliRunner().invoke(cli, ["compress", "--student", "mbv2_cifar_trunc5", "--speedup", "10"])
+    _one_line_error(r, "--student mbv2_cifar_trunc5", "--speedup 10", "drop one of them")
+    r = CliRunner().invoke(cli, ["compress", "--dataset", "cifar10", "--set", "student.arch=resnet8_cifar",
+                                 "--set", "budget.latency_ms=5"])
+    _one_line_error(r, "--student resnet8_cifar", "--latency-budget 5")
+
+
+# A small budget run: KD only, a small teacher, 16x16, two candidates.
+BUDGET_RUN = [
+    "compress", "--method", "kd", "--teacher-arch", TEACHER, "--input-size", "16",
+    "--train-subset", "0.25", "--teacher-epochs", "1", "--epochs", "1",
+    "--set", "budget.candidates=resnet8_cifar_w0.5,mbv2_cifar_trunc13",
+    "--set", "bench.min_s=0.05", "--set", "bench.warmup_s=0.02", "--set", "bench.min_iters=3",
+    "--set", "bench.batch_sizes=1,8", "--budget-batch", "8",
+]
+
+
+def test_compress_with_a_latency_budget_chooses_checks_on_the_target_and_reports(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the local target's bundles folder
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli, [*BUDGET_RUN, "--latency-budget", "1000", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "report.json").read_text())
+    b = report["budget"]
+    # Both fit 1 s: the one with more MACs (mbv2_cifar_trunc13, 5.9 M against 0.8 M).
+    sel = json.loads((out / "select" / "select.json").read_text())
+    assert {r["arch"] for r in sel["candidates"]} == {"resnet8_cifar_w0.5", "mbv2_cifar_trunc13"}
+    biggest = max(sel["candidates"], key=lambda r: r["macs"])["arch"]
+    assert report["student"]["arch"] == b["selection"]["chosen"] == sel["chosen"] == biggest
+    assert b["latency_ms"] == 1000 and b["batch"] == 8 and b["holds"] is True
+    final = b["final"]
+    assert final["student"] == biggest and 0 < final["student_ms"] <= final["limit_ms"] == 1000
+    assert final["speedup"] == round(final["teacher_ms"] / final["student_ms"], 2)
+    bench = json.loads((out / final["results"]).read_text())
+    assert set(bench["models"]) == {"teacher", "student"}
+    assert bench["models"]["student"]["results"][0]["batch_size"] == 8
+    assert (out / "select" / "pareto.png").is_file() and b["selection"]["candidates"] == 2
+    assert "holds" in r.stdout and "limit" in r.stdout
+
+    # Resumed: the selection and the check are skipped, the run's own files reopen with the
+    # chosen student (edgekd export).
+    again = CliRunner().invoke(cli, [*BUDGET_RUN, "--latency-budget", "1000", "--out", str(out), "--resume"])
+    assert again.exit_code == 0, again.output
+    assert "select skip" in " ".join(again.stderr.split())
+    exported = CliRunner().invoke(cli, ["export", str(out), "--json"])
+    assert exported.exit_code == 0, exported.output
+
+
+def test_a_final_student_over_its_budget_fails_the_run_loudly_with_the_report_written(tmp_path, monkeypatch):
+    import edgekd.ship.remote as remote
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    real = remote.deploy_run
+
+    def slower_student(run_dir, opts, progress=None):
+        # The device turns out 1000x slower for the student than at selection (another load,
+        # thermal throttling): the final check must catch it.
+        result = real(run_dir, opts, progress)
+        for r in result["document"]["models"]["student"]["results"]:
+            r["latency_ms"] = {k: (v * 1000 if isinstance(v, float) else [x * 1000 for x in v])
+                               for k, v in r["latency_ms"].items()}
+        return result
+
+    monkeypatch.setattr(remote, "deploy_run", slower_student)
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli, [*BUDGET_RUN, "--latency-budget", "500", "--out", str(out)])
+    last = _one_line_error(r, "the final student mbv2_cifar_trunc13 measures", "over its budget of 500 ms")
+    assert "choose a smaller student" in last
+    report = json.loads((out / "report.json").read_text())
+    assert report["budget"]["holds"] is False and report["budget"]["final"]["margin_ms"] < 0
+    # And on every resume, until something changes.
+    again = CliRunner().invoke(cli, [*BUDGET_RUN, "--latency-budget", "500", "--out", str(out), "--resume"])
+    _one_line_error(again, "over its budget")
