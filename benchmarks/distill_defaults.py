@@ -35,7 +35,7 @@ def _variant(label: str, method: str, sets: list[str], args, work: Path, seeds: 
     sets = [*sets, f"ig.cache_dir={(work / 'ig').resolve()}"]
     cfg = build_config(dataset="digits", sets=sets, overrides={
         "teacher.checkpoint": str(args.teacher) if args.teacher else None,
-        "student.train.epochs": args.epochs})
+        "student.train.epochs": args.epochs, "student.arch": "mbv2_cifar_trunc5"})
     doc = suites.ablation(cfg, [method], list(range(seeds)), work / label, name=label)
     values = doc["table"]["rows"][0]["values"]
     return {"label": label, "method": method, "sets": sets, "values": values,

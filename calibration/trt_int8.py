@@ -112,12 +112,9 @@ def _import_trt_and_cuda():
     calibrators = int8_support(trt.__version__)["implicit_int8_supported"]
     if not calibrators or not hasattr(trt, "IInt8EntropyCalibrator2"):
         raise CalibrationError(f"TensorRT {trt.__version__} has no INT8 calibrators: {QDQ_HINT}")
-    try:
-        importlib.import_module("pycuda.autoinit")  # creates the CUDA context TensorRT uses
-    except Exception as e:  # pycuda raises its own error types when no GPU is usable
-        raise CalibrationError(
-            f"cannot create a CUDA context ({e}): check the GPU and its driver (nvidia-smi)"
-        ) from None
+    # No pycuda.autoinit: it would create a second CUDA context, and the device buffer must live
+    # in the one TensorRT's builder uses, the primary context, which the caller makes current
+    # before the Builder exists (deploy.trt_build.primary_context).
     return trt, cuda
 
 
@@ -127,6 +124,11 @@ def make_entropy_calibrator(images: Any, batch_size: int, cache_path: PathLike):
     When the cache file exists TensorRT reads it and skips calibration, so key `cache_path` by
     the ONNX model and calibration set (their sha256) to avoid reusing a stale cache. The
     builder must calibrate at `batch_size` (for a dynamic batch axis: a calibration profile).
+    A CUDA context must be current (the device's primary one, before the Builder exists).
+
+    TensorRT's trampoline prints an exception raised in a callback and carries on as if there
+    were no more batches (or no cache): each callback keeps the first error in `.error`
+    instead, for the caller to raise after the build with its real message.
     """
     batches = CalibBatches(images, batch_size)
     cache = CalibrationCache(cache_path)
@@ -137,27 +139,43 @@ def make_entropy_calibrator(images: Any, batch_size: int, cache_path: PathLike):
             trt.IInt8EntropyCalibrator2.__init__(self)  # pybind11 needs the explicit call
             self.batches = batches
             self.cache = cache
+            self.error: Optional[str] = None
             self._iter = iter(batches)  # one pass; TensorRT stops at the first None
             self._device = cuda.mem_alloc(batches.batch_nbytes)
+
+        def _keep(self, what: str, e: BaseException) -> None:
+            if self.error is None:
+                self.error = f"{what}: {type(e).__name__}: {e}"
 
         def get_batch_size(self):
             return self.batches.batch_size
 
         def get_batch(self, names):
-            if len(names) != 1:
-                raise CalibrationError(
-                    f"the calibrator feeds one input, the network has {list(names)}"
-                )
-            batch = next(self._iter, None)
-            if batch is None:
+            try:
+                if len(names) != 1:
+                    raise CalibrationError(
+                        f"the calibrator feeds one input, the network has {list(names)}"
+                    )
+                batch = next(self._iter, None)
+                if batch is None:
+                    return None
+                cuda.memcpy_htod(self._device, batch)
+                return [int(self._device)]
+            except Exception as e:  # TensorRT would swallow it
+                self._keep("get_batch", e)
                 return None
-            cuda.memcpy_htod(self._device, batch)
-            return [int(self._device)]
 
         def read_calibration_cache(self):
-            return self.cache.read()
+            try:
+                return self.cache.read()
+            except Exception as e:
+                self._keep("read_calibration_cache", e)
+                return None
 
         def write_calibration_cache(self, data):
-            self.cache.write(data)
+            try:
+                self.cache.write(data)
+            except Exception as e:
+                self._keep("write_calibration_cache", e)
 
     return EntropyCalibrator()

@@ -98,6 +98,7 @@ def probe(folder="."):
         "cpu": _cpu_model(),
         "usable_cores": _usable_cores(),
         "l4t": _first_line("/etc/nv_tegra_release"),
+        "nvpmodel": _first_line("/var/lib/nvpmodel/status"),
     }
 
 

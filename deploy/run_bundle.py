@@ -80,7 +80,8 @@ def run_bundle(
                 raise DeployError("--precision int8 for the FP32 model %s needs a calibration set in "
                                   "the bundle: quantize the run (edgekd quantize) or use fp16" % key)
             engine = engine_for(onnx_path, manifest["files"][entry["file"]]["sha256"], trt_precision,
-                                engine_cache, max_batch=max(batch_sizes), calib_dir=calib_dir)
+                                engine_cache, max_batch=max(batch_sizes), calib_dir=calib_dir,
+                                batch_sizes=batch_sizes)
             runner = TrtRunner(engine["path"])
         else:
             # ORT's TensorRT provider (when asked for) caches its engines beside edgekd's.
@@ -119,11 +120,13 @@ def run_bundle(
 
 
 def engine_for(onnx_path: str, onnx_sha256: str, precision: str, cache_dir: str,
-               max_batch: int = 64, calib_dir: Optional[str] = None) -> Dict[str, Any]:
+               max_batch: int = 64, calib_dir: Optional[str] = None,
+               batch_sizes: Optional[Sequence[int]] = None) -> Dict[str, Any]:
     """A TensorRT engine for `onnx_path`, from the cache when one was built for the same ONNX
     file, TensorRT version, GPU and precision (engines run only where they were built), else
-    built now with deploy.trt_build and cached. A cached engine whose profile stops below
-    `max_batch` is rebuilt."""
+    built now with deploy.trt_build and cached. With `batch_sizes` the engine has one profile
+    tuned at each of them; a cached engine built for other batch sizes (or whose profile stops
+    below `max_batch`) is rebuilt. The timing cache is named by TensorRT version and GPU too."""
     try:
         import tensorrt as trt
     except ImportError as e:
@@ -141,21 +144,27 @@ def engine_for(onnx_path: str, onnx_sha256: str, precision: str, cache_dir: str,
     os.makedirs(cache_dir, exist_ok=True)
     path = os.path.join(cache_dir, key + ".engine")
     meta_path = os.path.join(cache_dir, key + ".json")
+    batches = sorted({int(b) for b in batch_sizes}) if batch_sizes else None
     cached = False
     if os.path.isfile(path) and os.path.isfile(meta_path):
         try:
             with open(meta_path) as f:
-                cached = int(json.load(f).get("max_batch") or 0) >= max_batch
+                meta = json.load(f)
+            cached = (int(meta.get("max_batch") or 0) >= max_batch
+                      and (batches is None or meta.get("opt_batches") == batches))
         except (OSError, ValueError, AttributeError):
             cached = False  # a damaged record: rebuild rather than trust the engine beside it
     build = None
     if not cached:
+        timing = hashlib.sha256(json.dumps([trt.__version__, device]).encode()).hexdigest()[:12]
         build = _call_builder(builder, onnx_path, path, precision, max_batch=max_batch,
-                              calib_dir=calib_dir, timing_cache=os.path.join(cache_dir, "timing.cache"))
+                              calib_dir=calib_dir, opt_batches=batches,
+                              timing_cache=os.path.join(cache_dir, "timing-%s.cache" % timing))
         if not os.path.isfile(path):
             raise DeployError("deploy/trt_build.py did not write %s" % path)
-        write_json_atomic(meta_path, dict(key_doc, onnx=os.path.basename(onnx_path), max_batch=max_batch))
-    return dict(key_doc, path=path, cached=cached, max_batch=max_batch, build=build)
+        write_json_atomic(meta_path, dict(key_doc, onnx=os.path.basename(onnx_path), max_batch=max_batch,
+                                          opt_batches=batches))
+    return dict(key_doc, path=path, cached=cached, max_batch=max_batch, opt_batches=batches, build=build)
 
 
 def _call_builder(builder: Any, onnx_path: str, engine_path: str, precision: str,

@@ -13,9 +13,24 @@ INT8 comes one of two ways:
 - implicit (TensorRT <= 10): an FP32 ONNX plus a calibration set folder (calibration/'s
   format) fed to IInt8EntropyCalibrator2, with its cache file beside the engine.
 
-The dynamic batch axis gets one optimisation profile (min 1, opt `opt_batch`, max
-`max_batch`); a timing cache file makes rebuilds fast. Engines are keyed by (ONNX sha256,
-TensorRT version, GPU name, precision): they only run where they were built.
+Typing: TensorRT 10.12 deprecated weak typing (precision set by builder flags), so from 10.12
+on a Q/DQ model builds as a strongly typed network, its types fixed by the Q/DQ nodes; 8.6 to
+10.11 use the INT8 (+ FP16) flags. TensorRT 11 networks are always strongly typed (its
+STRONGLY_TYPED flag, enum value 0 there, is ignored and not passed).
+
+Profiles: one optimisation profile per batch size that will be measured (`opt_batches`), each
+tuned (opt) at its batch and covering the batches above the previous one, so kernels are chosen
+for the batch that is timed (the runner selects the profile per batch); or, without
+`opt_batches`, one profile (min 1, opt `opt_batch`, max `max_batch`). A timing cache file,
+named by TensorRT version and GPU by the caller (deploy.run_bundle), makes rebuilds fast; one
+TensorRT rejects is replaced, not trusted. Engines are keyed by (ONNX sha256, TensorRT version,
+GPU name, precision): they only run where they were built.
+
+CUDA context: an INT8 calibrator allocates device memory, which must live in the context
+TensorRT's builder uses, the device's primary context: it is made current before the Builder
+exists (pycuda.autoinit would create a second one). Errors raised inside the calibrator's
+callbacks are swallowed by TensorRT's trampoline (it prints them and takes "no more batches");
+the calibrator keeps the first one and the build re-raises it with its real message.
 
 NOT RUN ON A DEVICE YET: tensorrt cannot be installed on the machines this was written on.
 Its tests drive it with stand-in `tensorrt` modules (tests/test_trt_build.py).
@@ -81,6 +96,9 @@ def detect_api(trt: Any) -> Dict[str, Any]:
         "fp16_flag": hasattr(builder_flags, "FP16"),
         "int8_flag": hasattr(builder_flags, "INT8"),
         "calibrator": major < 11 and hasattr(trt, "IInt8EntropyCalibrator2"),
+        # 10.12 deprecated weak typing: Q/DQ models build strongly typed from there on.
+        "weak_typing_deprecated": (major, minor) >= (10, 12),
+        "strongly_typed_always": major >= 11,
     }
 
 
@@ -117,6 +135,35 @@ def profile_shapes(shape: Sequence[int], max_batch: int = 64, opt_batch: int = 1
         return shape, shape, shape
     rest = shape[1:]
     return (1,) + rest, (opt_batch,) + rest, (max_batch,) + rest
+
+
+def profile_ranges(batches: Sequence[int]) -> List[Tuple[int, int, int]]:
+    """(min, opt, max) batch of one profile per measured batch size: profile i is tuned at
+    batch b_i and takes b_(i-1) + 1 .. b_i, so every batch up to the largest has a profile."""
+    sizes = sorted({int(b) for b in batches})
+    if not sizes or sizes[0] < 1:
+        raise TrtBuildError("batch sizes must be >= 1, got %s" % list(batches))
+    out, lo = [], 1
+    for b in sizes:
+        out.append((lo, b, b))
+        lo = b + 1
+    return out
+
+
+def primary_context() -> Any:
+    """The device's primary CUDA context, made current (pop() and detach() it when done)."""
+    try:
+        cuda = importlib.import_module("pycuda.driver")
+    except (ImportError, OSError) as e:
+        raise RunnerUnavailable("INT8 calibration needs pycuda (%s): pip install pycuda" % e) from None
+    try:
+        cuda.init()
+        ctx = cuda.Device(0).retain_primary_context()
+        ctx.push()
+    except Exception as e:  # pycuda raises its own error types when no GPU is usable
+        raise RunnerUnavailable("cannot use the GPU's CUDA context (%s): check the GPU and its "
+                                "driver (nvidia-smi)" % e) from None
+    return ctx
 
 
 def _atomic_write(path: str, data: bytes) -> None:
@@ -160,14 +207,20 @@ def _inputs(network: Any) -> List[Tuple[str, Tuple[int, ...]]]:
             for i in range(network.num_inputs)]
 
 
-def _profile(builder: Any, inputs, max_batch: int, opt_batch: int):
-    profile = builder.create_optimization_profile()
-    shapes = {}
-    for name, shape in inputs:
-        lo, opt, hi = profile_shapes(shape, max_batch, opt_batch)
-        profile.set_shape(name, lo, opt, hi)
-        shapes[name] = {"min": list(lo), "opt": list(opt), "max": list(hi)}
-    return profile, shapes
+def _profiles(builder: Any, inputs, ranges: Sequence[Tuple[int, int, int]]):
+    """One optimization profile per (min, opt, max) batch range, and their shapes as JSON."""
+    profiles, shapes = [], []
+    for lo_b, opt_b, hi_b in ranges:
+        profile = builder.create_optimization_profile()
+        doc = {}
+        for name, shape in inputs:
+            lo = profile_shapes(shape, hi_b, lo_b)[1]
+            _, opt, hi = profile_shapes(shape, hi_b, opt_b)
+            profile.set_shape(name, lo, opt, hi)
+            doc[name] = {"min": list(lo), "opt": list(opt), "max": list(hi)}
+        profiles.append(profile)
+        shapes.append(doc)
+    return profiles, shapes
 
 
 def build_engine(
@@ -180,11 +233,14 @@ def build_engine(
     calib_batch: int = 8,
     workspace_mb: int = 1024,
     timing_cache: Optional[str] = None,
+    opt_batches: Optional[Sequence[int]] = None,
 ) -> Dict[str, Any]:
     """Build and serialize an engine for `onnx_path` into `engine_path` (written atomically).
 
     INT8 uses the model's Q/DQ nodes when it has them, else (TensorRT <= 10) an entropy
-    calibrator over the set in `calib_dir`; returns what was built and how.
+    calibrator over the set in `calib_dir`; `opt_batches`: one profile per batch size to be
+    measured (else one profile 1 .. max_batch tuned at opt_batch); returns what was built and
+    how.
     """
     if precision not in PRECISIONS:
         raise TrtBuildError("unknown precision %r: use one of %s" % (precision, ", ".join(PRECISIONS)))
@@ -195,6 +251,21 @@ def build_engine(
     if not api["build_serialized_network"]:
         raise RunnerUnavailable("TensorRT %s is older than 8.0 (no build_serialized_network): "
                                 "use JetPack 5.1 or later" % api["version"])
+    ranges = profile_ranges(opt_batches) if opt_batches else [(1, opt_batch, max_batch)]
+    # A calibrator's buffers live in the primary context, current before the Builder exists.
+    cuda_ctx = primary_context() if precision == "int8" and calib_dir is not None else None
+    try:
+        return _build(trt, api, onnx_path, engine_path, precision, ranges, calib_dir,
+                      calib_batch, workspace_mb, timing_cache)
+    finally:
+        if cuda_ctx is not None:
+            cuda_ctx.pop()
+            cuda_ctx.detach()
+
+
+def _build(trt: Any, api: Dict[str, Any], onnx_path: str, engine_path: str, precision: str,
+           ranges: Sequence[Tuple[int, int, int]], calib_dir: Optional[str], calib_batch: int,
+           workspace_mb: int, timing_cache: Optional[str]) -> Dict[str, Any]:
     t0 = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -218,6 +289,7 @@ def build_engine(
         config.max_workspace_size = workspace
     info: Dict[str, Any] = {"precision": precision, "tensorrt": api["version"],
                             "explicit_quantization": explicit, "calibration_cache": None}
+    calibrator = None
     if precision == "fp32" and explicit:
         raise TrtBuildError("%s holds Q/DQ nodes (an INT8 model): build it with precision int8"
                             % os.path.basename(onnx_path))
@@ -227,14 +299,16 @@ def build_engine(
                                 "only): export an FP16 ONNX or build fp32" % api["version"])
         config.set_flag(trt.BuilderFlag.FP16)
     elif precision == "int8":
-        if explicit and api["int8_flag"]:
-            config.set_flag(trt.BuilderFlag.INT8)  # TensorRT 8.6/10: Q/DQ need the flag
-            if api["fp16_flag"]:
-                config.set_flag(trt.BuilderFlag.FP16)  # layers left unquantized may use FP16
-        elif explicit and api["strongly_typed"]:
-            # TensorRT 11: no INT8 flag; the Q/DQ nodes alone fix every tensor's type.
+        if explicit and api["strongly_typed_always"]:
+            info["strongly_typed"] = True  # TensorRT 11: the Q/DQ nodes fix every type
+        elif explicit and api["strongly_typed"] and (api["weak_typing_deprecated"] or not api["int8_flag"]):
+            # TensorRT >= 10.12: weak typing is deprecated; the Q/DQ nodes fix every type.
             network = network_with(base_flags + ["STRONGLY_TYPED"])
             info["strongly_typed"] = True
+        elif explicit and api["int8_flag"]:
+            config.set_flag(trt.BuilderFlag.INT8)  # TensorRT 8.6 .. 10.11: Q/DQ need the flag
+            if api["fp16_flag"]:
+                config.set_flag(trt.BuilderFlag.FP16)  # layers left unquantized may use FP16
         elif explicit:
             raise TrtBuildError("TensorRT %s offers neither BuilderFlag.INT8 nor strongly typed "
                                 "networks for this Q/DQ model" % api["version"])
@@ -264,8 +338,10 @@ def build_engine(
             info["calibration_cache"] = os.path.basename(cache)
             info["calibration_images"] = int(len(images))
 
-    profile, info["profile"] = _profile(builder, _inputs(network), max_batch, opt_batch)
-    config.add_optimization_profile(profile)
+    profiles, info["profiles"] = _profiles(builder, _inputs(network), ranges)
+    for profile in profiles:
+        config.add_optimization_profile(profile)
+    info["profile"] = info["profiles"][-1]  # the largest batch's (earlier records' field)
 
     cache_obj = None
     if timing_cache and api["timing_cache"]:
@@ -274,9 +350,18 @@ def build_engine(
             with open(timing_cache, "rb") as f:
                 data = f.read()
         cache_obj = config.create_timing_cache(data)
-        config.set_timing_cache(cache_obj, False)
+        if config.set_timing_cache(cache_obj, False) is False:
+            # Another TensorRT or GPU wrote it (TensorRT refuses a mismatch): start afresh.
+            cache_obj = config.create_timing_cache(b"")
+            if config.set_timing_cache(cache_obj, False) is False:
+                raise TrtBuildError("TensorRT %s refused an empty timing cache" % api["version"])
+            info["timing_cache_replaced"] = True
         info["timing_cache"] = os.path.basename(timing_cache)
     serialized = builder.build_serialized_network(network, config)
+    failed = getattr(calibrator, "error", None)
+    if failed is not None:
+        raise TrtBuildError("INT8 calibration of %s failed inside TensorRT's calibrator callback: "
+                            "%s" % (os.path.basename(onnx_path), failed))
     if serialized is None:
         raise TrtBuildError("TensorRT %s could not build %s at %s (see its log above): try "
                             "fp32, a smaller max_batch, or more workspace_mb"

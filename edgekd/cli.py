@@ -96,6 +96,9 @@ class _RichReporter:
         self.bar.update(self.bar_task, completed=done, total=total, stats=detail)
 
     def on_epoch_start(self, stage, epoch, epochs, steps):
+        if self.bar is not None:  # one live display at a time
+            self.bar.stop()
+            self.bar = None
         self.progress = Progress(
             TextColumn(f"{stage:>8} epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=self.console,
@@ -307,7 +310,7 @@ def _summary_table(report: dict) -> Table:
 @click.option("--export-target", type=click.Choice(_TARGETS), default="cpu", show_default=True, help="Opset and IR version of the candidates' ONNX.")
 @click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
 @click.option("--precision", "trt_precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
-              help="TensorRT precision of FP32 candidates (--backend tensorrt).")
+              help="TensorRT precision of FP32 models (--backend tensorrt); INT8 candidates build as INT8.")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads on the target.")
 @click.option("--remote-python", default=None, help="Python on the device (default python3).")
 @click.option("--remote-dir", default=None, help="Bundles folder on the device (default ~/edgekd-bundles).")
@@ -339,7 +342,7 @@ def select(target, latency_budget, speedup, budget_batch, budget_percentile, bud
     spec = Spec(input_size, num_classes, budget_batch, opset, ir, for_tensorrt=backend == "tensorrt")
     opts = DeployOptions(target=target, backend=backend, remote_python=remote_python,
                          remote_dir=remote_dir, threads=threads,
-                         precision=trt_precision if budget_precision == "fp32" else "int8",
+                         precision=trt_precision,
                          ssh_config=str(ssh_config) if ssh_config else None)
     names = [c.strip() for c in candidates.split(",") if c.strip()] if candidates else None
 
@@ -492,8 +495,10 @@ def _experiment_config(dataset, data_dir, teacher, teacher_arch, epochs, teacher
     if cfg.student.arch is None:
         # Experiments compare methods on one fixed pair: without a named student, the papers'
         # (a latency budget chooses the student of `compress`, not of an ablation).
+        from edgekd.config import BudgetConfig
+
         cfg.student.arch = "mbv2_cifar_trunc5"
-        cfg.budget.latency_ms = cfg.budget.speedup = None
+        cfg.budget = BudgetConfig()
     return cfg
 
 

@@ -328,9 +328,11 @@ def validate(cfg: RunConfig) -> None:
         arch = getattr(cfg, role).arch
         if arch is None and role == "student" and cfg.budget.active:
             continue
-        if arch is None:
+        if arch is None and role == "student":
             raise EdgeKDError("no student: pass --student NAME (see `edgekd models`), or a "
                               "--latency-budget / --speedup that chooses one")
+        if arch is None:
+            raise EdgeKDError("no teacher architecture: pass --teacher-arch NAME (see `edgekd models`)")
         if not is_known(arch):
             raise EdgeKDError(
                 f"unknown {role} model {arch!r}: use one of {', '.join(list_models())} or a "
@@ -556,5 +558,7 @@ def _named_student_wins(cfg: RunConfig) -> None:
     """A student named anywhere (a file, --student, --set) replaces the data set's default
     budget when the budget was left as it is; a student and a budget both asked for stay an
     error (validate, and the CLI for its flags)."""
-    if cfg.student.arch is not None and cfg.budget.active and cfg.budget == default_config(cfg.data.dataset).budget:
-        cfg.budget.latency_ms = cfg.budget.speedup = None
+    base = default_config(cfg.data.dataset).budget
+    untouched = (cfg.budget.latency_ms, cfg.budget.speedup) == (base.latency_ms, base.speedup)
+    if cfg.student.arch is not None and cfg.budget.active and untouched:
+        cfg.budget = BudgetConfig()

@@ -92,6 +92,25 @@ def test_a_budget_no_candidate_meets_names_the_fastest_and_what_would_help(tmp_p
     assert not any(row["fits"] for row in doc["candidates"])
 
 
+def test_int8_candidates_are_measured_and_cached_apart_from_fp32_ones(tmp_path):
+    base = ["select", "--input-size", "16", "--candidates", "resnet8_cifar_w0.5", "--teacher-arch", TEACHER,
+            "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "s"), "--remote-dir",
+            str(tmp_path / "d"), "--latency-budget", "1000"]
+    r = CliRunner().invoke(cli, [*base, "--budget-precision", "int8"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "s" / "select.json").read_text())
+    (row,) = doc["candidates"]
+    assert row["precision"] == "int8" and doc["teacher"]["precision"] == "fp32"
+    assert (tmp_path / "s" / "work" / "models" / "resnet8_cifar_w0.5.int8.onnx").is_file()
+    assert doc["measured"] == 2
+    # FP32 of the same candidate is another measurement; the FP32 teacher is the same one.
+    r = CliRunner().invoke(cli, base)
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "s" / "select.json").read_text())
+    assert doc["candidates"][0]["precision"] == "fp32" and (doc["measured"], doc["cached"]) == (1, 1)
+    assert doc["teacher"]["cached"] and not doc["candidates"][0]["cached"]
+
+
 @pytest.mark.parametrize(("args", "needle"), [
     (["--latency-budget", "0"], "--latency-budget must be > 0"),
     (["--latency-budget", "-3"], "--latency-budget must be > 0"),
@@ -198,12 +217,12 @@ def test_a_final_student_over_its_budget_fails_the_run_loudly_with_the_report_wr
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     real = remote.deploy_run
 
-    def slower_student(run_dir, opts, progress=None):
-        # The device turns out 1000x slower for the student than at selection (another load,
-        # thermal throttling): the final check must catch it.
-        result = real(run_dir, opts, progress)
+    def slower_student(run_dir, opts, progress=None, **kw):
+        # The device turns out far slower for the student than at selection (another load,
+        # thermal throttling): the final check must catch it. 1e6 x any real latency > 500 ms.
+        result = real(run_dir, opts, progress, **kw)
         for r in result["document"]["models"]["student"]["results"]:
-            r["latency_ms"] = {k: (v * 1000 if isinstance(v, float) else [x * 1000 for x in v])
+            r["latency_ms"] = {k: (v * 1e6 if isinstance(v, float) else [x * 1e6 for x in v])
                                for k, v in r["latency_ms"].items()}
         return result
 
@@ -212,8 +231,43 @@ def test_a_final_student_over_its_budget_fails_the_run_loudly_with_the_report_wr
     r = CliRunner().invoke(cli, [*BUDGET_RUN, "--latency-budget", "500", "--out", str(out)])
     last = _one_line_error(r, "the final student mbv2_cifar_trunc13 measures", "over its budget of 500 ms")
     assert "choose a smaller student" in last
+    assert "--resume to measure again" in last
     report = json.loads((out / "report.json").read_text())
     assert report["budget"]["holds"] is False and report["budget"]["final"]["margin_ms"] < 0
-    # And on every resume, until something changes.
+    # A resume measures again (the failure is not recorded as done) and fails again here...
     again = CliRunner().invoke(cli, [*BUDGET_RUN, "--latency-budget", "500", "--out", str(out), "--resume"])
     _one_line_error(again, "over its budget")
+    # ... and, on a device back to its speed, the measured pass is recorded.
+    monkeypatch.setattr(remote, "deploy_run", real)
+    quiet = CliRunner().invoke(cli, [*BUDGET_RUN, "--latency-budget", "500", "--out", str(out), "--resume"])
+    assert quiet.exit_code == 0, quiet.output
+    assert json.loads((out / "report.json").read_text())["budget"]["holds"] is True
+
+
+def test_a_budget_no_candidate_meets_in_compress_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli, [*BUDGET_RUN, "--latency-budget", "0.0001", "--out", str(out)])
+    _one_line_error(r, "no candidate meets 0.0001 ms", "the fastest")
+    assert not out.exists()
+    # A candidate the method cannot train is left out before anything is measured: AT needs
+    # MobileNetV2 stage layers, which a ResNet has not.
+    r = CliRunner().invoke(cli, [*BUDGET_RUN, "--method", "kd+at", "--latency-budget", "1000",
+                                 "--set", "budget.candidates=resnet8_cifar_w0.5", "--out", str(out)])
+    _one_line_error(r, "no candidate can be trained with kd+at", "resnet8_cifar_w0.5")
+    assert not out.exists()
+
+
+def test_select_epochs_trains_the_fitting_candidates_and_keeps_the_best_val_accuracy(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli, [*BUDGET_RUN, "--latency-budget", "1000", "--select-epochs", "1",
+                                 "--no-bench", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    sel = json.loads((out / "select" / "select.json").read_text())
+    trial = sel["trial"]
+    assert set(trial) == {"resnet8_cifar_w0.5", "mbv2_cifar_trunc13"}
+    assert sel["chosen"] == max(trial, key=trial.get) and "validation" in sel["chosen_by"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["student"]["arch"] == sel["chosen"] == report["budget"]["selection"]["chosen"]
+    assert report["budget"]["holds"] is True  # checked without the bench stage's samples too

@@ -34,9 +34,15 @@ def fake_tensorrt(version: str, log: dict) -> types.ModuleType:
             for k, v in members.items():
                 setattr(self, k, v)
 
-    flags = {"STRONGLY_TYPED": 1} if major >= 10 else {}
-    if major < 11:
-        flags["EXPLICIT_BATCH"] = 0
+    # The real enum values: 8.6 EXPLICIT_BATCH 0 (EXPLICIT_PRECISION 1, deprecated); 10.x
+    # EXPLICIT_BATCH 0 (deprecated, ignored) and STRONGLY_TYPED 1; 11 has no EXPLICIT_BATCH and
+    # STRONGLY_TYPED 0 (deprecated: always on, ignored).
+    if major < 10:
+        flags = {"EXPLICIT_BATCH": 0, "EXPLICIT_PRECISION": 1}
+    elif major == 10:
+        flags = {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1}
+    else:
+        flags = {"STRONGLY_TYPED": 0}
     trt.NetworkDefinitionCreationFlag = Enum(**flags)
     trt.BuilderFlag = Enum(**({"FP16": "FP16", "INT8": "INT8"} if major < 11 else {}))
     trt.MemoryPoolType = Enum(WORKSPACE="WORKSPACE")
@@ -122,11 +128,16 @@ def fake_tensorrt(version: str, log: dict) -> types.ModuleType:
             return TimingCache(data)
 
         def set_timing_cache(self, cache, ignore_mismatch):
+            # A cache another TensorRT version or GPU wrote is refused (returns False).
+            if cache.data.startswith(b"other-gpu"):
+                return False
             self.timing_cache = cache
+            return True
 
     class Builder:
         def __init__(self, logger):
-            pass
+            log.setdefault("events", []).append("builder")
+            log["context_at_builder"] = list(log.get("contexts", []))
 
         def create_network(self, flags=0):
             return Network(flags)
@@ -140,8 +151,17 @@ def fake_tensorrt(version: str, log: dict) -> types.ModuleType:
         def build_serialized_network(self, network, config):
             if config.int8_calibrator is not None:  # what TensorRT does: pull batches until None
                 cal = config.int8_calibrator
-                log["calib_batches"] = list(iter(lambda: cal.get_batch(["input"]), None))
-                cal.write_calibration_cache(b"TRT-cache")
+
+                def trampoline(fn, *args):  # TensorRT prints a callback's exception, goes on
+                    try:
+                        return fn(*args)
+                    except Exception as e:
+                        log.setdefault("swallowed", []).append(repr(e))
+                        return None
+
+                names = log.get("calib_names", ["input"])
+                log["calib_batches"] = list(iter(lambda: trampoline(cal.get_batch, names), None))
+                trampoline(cal.write_calibration_cache, b"TRT-cache")
             return memoryview(b"engine:" + trt.__version__.encode())
 
     class ICudaEngine:
@@ -170,8 +190,26 @@ def install(monkeypatch):
 
         driver.mem_alloc = lambda nbytes: DeviceBuffer(0xC0FFEE)
         driver.memcpy_htod = lambda dest, src: copies.append(src.copy())
+        contexts = log.setdefault("contexts", [])
+        events = log.setdefault("events", [])
+
+        class PrimaryContext:
+            def push(self):
+                contexts.append("primary")
+                events.append("push")
+
+            def pop(self):
+                contexts.pop()
+                events.append("pop")
+
+            def detach(self):
+                events.append("detach")
+
+        driver.init = lambda: events.append("init")
+        driver.Device = lambda i: types.SimpleNamespace(retain_primary_context=PrimaryContext)
+        # pycuda.autoinit would make a second context: importing it fails here.
         for name, module in [("pycuda", types.ModuleType("pycuda")), ("pycuda.driver", driver),
-                             ("pycuda.autoinit", types.ModuleType("pycuda.autoinit"))]:
+                             ("pycuda.autoinit", None)]:
             monkeypatch.setitem(sys.modules, name, module)
         log["copies"] = copies
         return log
@@ -270,10 +308,15 @@ def test_int8_from_qdq_on_tensorrt_10_and_11(install, models, tmp_path):
     info = build_engine(models["qdq"], str(tmp_path / "a.engine"), "int8")
     assert info["explicit_quantization"] and log["config"].flags == {"INT8", "FP16"}
     assert log["config"].int8_calibrator is None
+    # 10.12 deprecated weak typing: a Q/DQ model builds strongly typed, without the flags.
+    log = install("10.13.0")
+    info = build_engine(models["qdq"], str(tmp_path / "c.engine"), "int8")
+    assert info["strongly_typed"] and log["network_flags"][-1] == 1 << 1  # STRONGLY_TYPED is 1 in 10
+    assert log["config"].flags == set()
+    # 11: always strongly typed; its deprecated flag (value 0 there) is not passed.
     log = install("11.0.0")
     info = build_engine(models["qdq"], str(tmp_path / "b.engine"), "int8")
-    strongly = 1 << 1
-    assert info["strongly_typed"] and log["network_flags"][-1] == strongly
+    assert info["strongly_typed"] and log["network_flags"] == [0]
     assert log["config"].flags == set()
 
 
@@ -307,3 +350,66 @@ def test_run_bundle_calls_the_builder_with_its_signature(install, models, tmp_pa
     assert got["path"].endswith(engine_key(sha, "10.3.0", "Orin sm_87", "int8") + ".engine")
     assert open(got["path"], "rb").read() == b"engine:10.3.0" and not got["cached"]
     assert run_bundle.engine_for(models["qdq"], sha, "int8", str(tmp_path / "engines"))["cached"]
+
+
+# ---- the audit's fixes ---------------------------------------------------------------------
+def test_the_calibrator_lives_in_the_primary_context_made_current_before_the_builder(install, models, tmp_path):
+    log = install("10.3.0")
+    build_engine(models["fp32"], str(tmp_path / "e.engine"), "int8", calib_dir=models["calib"])
+    # init, push, then the Builder (with the primary context current), then pop and detach;
+    # pycuda.autoinit (a second context) was never imported: it cannot be here.
+    assert log["events"][:3] == ["init", "push", "builder"] and log["events"][-2:] == ["pop", "detach"]
+    assert log["context_at_builder"] == ["primary"] and log["contexts"] == []
+    # Without calibration no context is touched.
+    log = install("10.3.0")
+    build_engine(models["qdq"], str(tmp_path / "q.engine"), "int8")
+    assert log["events"] == ["builder"]
+
+
+def test_errors_inside_calibrator_callbacks_are_raised_after_the_build(install, models, tmp_path):
+    log = install("10.3.0")
+    log["calib_names"] = ["input", "mask"]  # a network with two inputs
+    with pytest.raises(TrtBuildError, match="get_batch: CalibrationError: the calibrator feeds one input"):
+        build_engine(models["fp32"], str(tmp_path / "e.engine"), "int8", calib_dir=models["calib"])
+    assert not (tmp_path / "e.engine").exists() and log["events"][-2:] == ["pop", "detach"]
+    # The cache cannot be written (a folder in its place): that is raised too.
+    log = install("10.3.0")
+    (tmp_path / "f.engine.calib.cache").mkdir()
+    with pytest.raises(TrtBuildError, match="write_calibration_cache"):
+        build_engine(models["fp32"], str(tmp_path / "f.engine"), "int8", calib_dir=models["calib"])
+    assert "swallowed" not in log  # the calibrator caught both itself; TensorRT saw no exception
+
+
+def test_one_profile_per_measured_batch_each_tuned_at_it(install, models, tmp_path):
+    log = install("10.3.0")
+    info = build_engine(models["fp32"], str(tmp_path / "e.engine"), "fp16", opt_batches=[64, 1, 8])
+    shapes = [p.shapes["input"] for p in log["config"].profiles]
+    assert [(lo[0], opt[0], hi[0]) for lo, opt, hi in shapes] == [(1, 1, 1), (2, 8, 8), (9, 64, 64)]
+    assert [p["input"]["opt"][0] for p in info["profiles"]] == [1, 8, 64]
+
+
+def test_a_timing_cache_tensorrt_refuses_is_replaced_not_trusted(install, models, tmp_path):
+    install("10.3.0")
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"other-gpu-timings")
+    info = build_engine(models["fp32"], str(tmp_path / "e.engine"), "fp16", timing_cache=str(cache))
+    assert info["timing_cache_replaced"] and cache.read_bytes() == b"+timings"
+
+
+def test_run_bundle_keys_the_timing_cache_and_the_profiles(install, models, tmp_path, monkeypatch):
+    from deploy import run_bundle
+
+    install("10.3.0")
+    gpu = {"name": "Orin sm_87"}
+    monkeypatch.setattr(run_bundle, "_gpu_name", lambda: gpu["name"])
+    sha = trt_build.sha256_file(models["fp32"])
+    folder = tmp_path / "engines"
+    first = run_bundle.engine_for(models["fp32"], sha, "fp16", str(folder), batch_sizes=[1, 64])
+    assert first["opt_batches"] == [1, 64] and not first["cached"]
+    assert run_bundle.engine_for(models["fp32"], sha, "fp16", str(folder), batch_sizes=[64, 1])["cached"]
+    # Other batch sizes: rebuilt with profiles for them.
+    again = run_bundle.engine_for(models["fp32"], sha, "fp16", str(folder), batch_sizes=[8])
+    assert not again["cached"] and [p["input"]["opt"][0] for p in again["build"]["profiles"]] == [8]
+    gpu["name"] = "Thor sm_110"
+    run_bundle.engine_for(models["fp32"], sha, "fp16", str(folder), batch_sizes=[8])
+    assert len(list(folder.glob("timing-*.cache"))) == 2  # one per (TensorRT, GPU)

@@ -9,6 +9,7 @@ incomplete chunk.
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def compress(
 ) -> dict:
     """Run the whole pipeline into `out`; return the report (also written to report.json)."""
     validate(cfg)
+    cfg = copy.deepcopy(cfg)  # stages fill in what the run decides (the chosen student)
     # Under `torchrun` every rank runs this function: training stages split each batch over the
     # ranks (edgekd.distributed), rank 0 alone writes the run directory, the others wait.
     device = distributed.setup(engine.resolve_device(cfg.device))
@@ -56,7 +58,8 @@ def compress(
     reporter.stage("data", "start", cfg.data.dataset)
     run = RunDir(out)
     ctx = Context(cfg, run, device, reporter, data=prepare_data(cfg))
-    for stage in STAGES:
+    # The selection's check measures on the target: it goes last, after the cheap ones.
+    for stage in sorted(STAGES, key=lambda st: st is select.STAGE):
         if stage.applies(ctx):
             stage.check(ctx)
     ctx.info["open"] = on_main(lambda: run.open(cfg, resume=resume, force=force))

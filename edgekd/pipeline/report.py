@@ -10,6 +10,7 @@ from edgekd.config import recipe_record
 from edgekd.models.profile import count_macs, count_params
 from edgekd.pipeline.context import AUX, WARMUP, Context, load_run_model
 from edgekd.pipeline.rundir import BENCH, METRICS, SAMPLE_LABELS, SAMPLES
+from edgekd.pipeline.stages.budget import final_check
 from edgekd.pipeline.stages.ig import IG_FILES
 
 
@@ -59,7 +60,7 @@ def _budget_summary(ctx: Context, teacher: dict, student: dict) -> dict:
     of the exported student on the target (latency, margin, speed-up, whether it holds)."""
     b = ctx.cfg.budget
     selection = ctx.run.stage_info("select") or {}
-    final = ctx.run.stage_info("budget") or {}
+    final = final_check(ctx) or {}
     return {
         "latency_ms": b.latency_ms, "speedup": b.speedup, "batch": b.batch,
         "percentile": b.percentile, "precision": b.precision, "margin": b.margin,

@@ -29,10 +29,15 @@ def environment_fingerprint(probe: dict, backend: str) -> dict:
     its CPU and usable cores, Python and the backend's libraries, the L4T release."""
     modules = probe.get("modules") or {}
     libs = ("onnxruntime",) if backend == "onnxruntime" else ("tensorrt", "pycuda")
+    # The hostname tells devices apart (a container that gets a new one each time never hits
+    # the cache: it may be another machine); ONNX Runtime's providers tell onnxruntime-gpu
+    # from the CPU build of the same version; the power mode changes a Jetson's clocks.
     return {"hostname": probe.get("hostname"), "machine": probe.get("machine"),
             "cpu": probe.get("cpu"), "usable_cores": probe.get("usable_cores"),
             "python": (probe.get("python") or {}).get("version"),
-            "libraries": {m: modules.get(m) for m in libs}, "l4t": probe.get("l4t")}
+            "libraries": {m: modules.get(m) for m in libs},
+            "ort_providers": probe.get("ort_providers") if backend == "onnxruntime" else None,
+            "l4t": probe.get("l4t"), "nvpmodel": probe.get("nvpmodel")}
 
 
 class LatencyCache:

@@ -81,47 +81,47 @@ def no_fit_message(budget: Budget, limit_ms: float, rows: list[dict], target: st
             f"try {', '.join(hints[:-1])} or {hints[-1]}")
 
 
-def select(
+def evaluate(
     budget: Budget,
     spec: Spec,
     deploy: DeployOptions,
-    out_dir: str | Path,
+    work_dir: str | Path,
     candidates: Sequence[str] | None = None,
     teacher: str | None = "mbv2_cifar",
     cache: LatencyCache | None = None,
     samples: np.ndarray | None = None,
     calib: np.ndarray | None = None,
     progress: Progress | None = None,
-    require_fit: bool = True,
     on_export=None,
 ) -> dict:
-    """Measure and rank; returns the edgekd.select document (also OUT/select.json, with the
-    plot OUT/pareto.png). Without a budget every candidate is measured and plotted, none is
-    chosen. With `require_fit`, a budget no candidate meets is a SelectError naming the
-    fastest candidate and what would help."""
-    out = Path(out_dir)
+    """Measure the candidates (and the teacher) on the target and rank them: the edgekd.select
+    document, `chosen` None when nothing fits (or there is no budget). Writes only into
+    `work_dir` (the candidates' ONNX files and bundle)."""
     names = list(candidates) if candidates else default_candidates(spec.input_size, [teacher or ""])
     if not names:
         raise SelectError(f"no candidate takes {spec.input_size}x{spec.input_size} inputs: "
                           "raise --input-size or name candidates with --candidates")
-    too_small = [n for n in names if min_input_size(n) > spec.input_size]
-    if too_small:
-        raise SelectError(f"{too_small[0]} needs inputs of at least {min_input_size(too_small[0])} px, "
-                          f"the selection is at {spec.input_size}: drop it from --candidates")
+    check_input_size(names, spec.input_size)
     items = [(n, budget.precision) for n in names]
-    # The teacher as the user runs it today (FP32): the reference of --speedup.
-    if teacher is not None:
+    # The teacher as the user runs it today (FP32): the reference of --speedup (measured once
+    # when it is a candidate too).
+    if teacher is not None and (teacher, "fp32") not in items:
         items.append((teacher, "fp32"))
-    records = measure_archs(items, spec, deploy, out / "work", cache or LatencyCache(), samples,
-                            calib, SELECT_SETTINGS, progress, on_export)
-    teacher_rec = records.pop(teacher) if teacher is not None else None
+    records = measure_archs(items, spec, deploy, work_dir, cache or LatencyCache(), samples,
+                            calib, SELECT_SETTINGS, progress, on_export,
+                            bracket=[teacher] if teacher is not None else [])
+    cached = sum(1 for r in records.values() if r.get("cached"))  # items, the teacher included
+    measured = len(records) - cached
+    teacher_rec = None
+    if teacher is not None:
+        teacher_rec = records[teacher] if teacher in names and budget.precision == "fp32" else records.pop(teacher)
     teacher_ms = measured_value(teacher_rec, budget.percentile, side=0) if teacher_rec else None
     if budget.speedup is not None and teacher_ms is None:
         raise SelectError("--speedup needs the teacher measured on the target: pass --teacher-arch")
     limit = budget.limit_ms(teacher_ms)
     rows = rank(records, budget, limit)
     chosen = rows[0] if limit is not None and rows and rows[0].get("fits") else None
-    doc = {
+    return {
         "schema": SCHEMA, "schema_version": 1,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "target": {"spec": deploy.target, "backend": deploy.backend,
@@ -138,17 +138,61 @@ def select(
         "teacher": ({**teacher_rec, "value_ms": teacher_ms} if teacher_rec else None),
         "candidates": rows,
         "chosen": chosen["arch"] if chosen else None,
-        "cached": sum(1 for r in rows if r.get("cached")) + int(bool(teacher_rec and teacher_rec.get("cached"))),
-        "measured": sum(1 for r in rows if not r.get("cached")) + int(bool(teacher_rec and not teacher_rec.get("cached"))),
+        "cached": cached,
+        "measured": measured,
         "files": {"json": SELECT_JSON, "plot": PARETO_PNG},
     }
+
+
+def check_input_size(names: Sequence[str], input_size: int) -> None:
+    too_small = [n for n in names if min_input_size(n) > input_size]
+    if too_small:
+        raise SelectError(f"{too_small[0]} needs inputs of at least {min_input_size(too_small[0])} px, "
+                          f"the selection is at {input_size}: drop it from the candidates")
+
+
+def check_fit(doc: dict, target: str) -> None:
+    """SelectError naming the fastest candidate and what would help, when a budget was set and
+    no candidate meets it."""
+    b = doc["budget"]
+    if b["limit_ms"] is not None and doc["chosen"] is None:
+        budget = Budget(b["latency_ms"], b["speedup"], b["batch"], b["percentile"], b["precision"],
+                        b["margin"])
+        raise SelectError(no_fit_message(budget, b["limit_ms"], doc["candidates"], target))
+
+
+def write_outputs(doc: dict, out_dir: str | Path) -> None:
+    """OUT/select.json and OUT/pareto.png, each written atomically."""
     from edgekd.selection.plot import pareto_png
 
+    out = Path(out_dir)
     pareto_png(doc, out / PARETO_PNG)
     write_json(out / SELECT_JSON, doc)
-    if limit is not None and chosen is None and require_fit:
-        raise SelectError(no_fit_message(budget, limit, rows, deploy.target))
+
+
+def select(
+    budget: Budget,
+    spec: Spec,
+    deploy: DeployOptions,
+    out_dir: str | Path,
+    candidates: Sequence[str] | None = None,
+    teacher: str | None = "mbv2_cifar",
+    cache: LatencyCache | None = None,
+    samples: np.ndarray | None = None,
+    calib: np.ndarray | None = None,
+    progress: Progress | None = None,
+    require_fit: bool = True,
+    on_export=None,
+) -> dict:
+    """`edgekd select`: evaluate, then OUT/select.json and OUT/pareto.png (also when nothing
+    fits, so the table and plot show how far off the candidates are); with `require_fit` a
+    budget no candidate meets is then a SelectError naming the fastest and what would help."""
+    doc = evaluate(budget, spec, deploy, Path(out_dir) / "work", candidates, teacher, cache,
+                   samples, calib, progress, on_export)
+    write_outputs(doc, out_dir)
+    if require_fit:
+        check_fit(doc, deploy.target)
     return doc
 
 
-__all__ = ["Budget", "Spec", "select", "default_candidates", "rank", "label"]
+__all__ = ["Budget", "Spec", "evaluate", "select", "default_candidates", "rank", "label"]

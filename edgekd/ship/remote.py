@@ -147,16 +147,23 @@ def run_on_device(device: Device, bundle_dir: Path, manifest: dict, opts: Deploy
             "transfer": None if reused else method, "reused": reused}
 
 
-def deploy_run(run_dir: str | Path, opts: DeployOptions, progress: Progress | None = None) -> dict:
+def check_options(opts: DeployOptions) -> None:
+    """Refuse options that cannot work (target syntax, backend, transfer, batch sizes, the
+    remote folder) before any work is done; nothing is contacted."""
+    _check_options(opts)
+    _remote_dir(parse_target(opts.target), opts.remote_dir)
+
+
+def deploy_run(run_dir: str | Path, opts: DeployOptions, progress: Progress | None = None,
+               results_dir: str | None = None) -> dict:
     """Ship the run to `opts.target`, measure it there and return {'path': the results file in
-    the run, 'document': its edgekd.run-bench content, 'bundle', 'transfer', 'probe'}."""
+    the run (RUN/bench-<target>.json, or under RUN/<results_dir>/), 'document': its
+    edgekd.run-bench content, 'bundle', 'transfer', 'probe'}."""
     say = progress or (lambda step, detail: None)
     run = Path(run_dir)
-    parse_target(opts.target)
-    _check_options(opts)
+    check_options(opts)
     if not (run / CONFIG).is_file():
         raise RunDirError(f"{run} is not an edgekd run directory (no {CONFIG}): pass a run's folder")
-    _remote_dir(parse_target(opts.target), opts.remote_dir)  # refused before any work is done
 
     say("bundle", "building")
     manifest = build_run_bundle(run, opts.models)
@@ -165,7 +172,7 @@ def deploy_run(run_dir: str | Path, opts: DeployOptions, progress: Progress | No
                   f"{size / 2**20:.1f} MiB, id {manifest['manifest_sha256'][:12]}")
     device = connect(opts, say, size)
     result = run_on_device(device, run / BUNDLE_DIR, manifest, opts, say)
-    out = run / f"bench-{device.target.slug}.json"
+    out = (run / results_dir if results_dir else run) / f"bench-{device.target.slug}.json"
     write_json(out, result["document"])
     return {"path": str(out), **result, "probe": device.probe}
 

@@ -17,6 +17,7 @@ from edgekd.pipeline.context import (
     augment_settings,
     frozen_teacher,
     input_norm,
+    on_main,
     save_trained,
     train_stage,
 )
@@ -61,7 +62,7 @@ class AuxTeacherStage(Stage):
         result = train_stage(ctx, "aux", model, tcfg, objective, key)
         summary = {"arch": arch, "method": d.aux_method, **extra, **result.summary()}
         save_trained(ctx, "aux", key, model, AUX, arch, summary, training=summary)
-        (ctx.run / "ckpt" / "aux_ce.state.pt").unlink(missing_ok=True)
+        on_main(lambda: (ctx.run / "ckpt" / "aux_ce.state.pt").unlink(missing_ok=True))
         ctx.reporter.stage("aux", "done", f"test top-1 {summary['last_epoch']['test_acc']:.2f} %")
 
 

@@ -1,27 +1,31 @@
 """Stage `select`: the student chosen by the latency budget (`budget`), measured on the target
-before anything trains (edgekd.selection); RUN/select/ holds select.json and pareto.png.
+(edgekd.selection); RUN/select/ holds select.json and pareto.png.
 
-Candidates the run's method cannot use (an InDistill warm-up that cannot be mapped, or one that
-leaves no epochs) are left out before ranking, each with its reason. With
-`budget.select_epochs` the top `budget.select_top` fitting candidates are trained briefly
-(cross-entropy, no teacher) and the best validation accuracy wins, as NetAdapt does.
+The measuring happens in `check`, before the run directory is opened, so that a budget no
+candidate meets, an unreachable target or a candidate the method cannot train leaves nothing
+written; `run` then records what was measured. Candidates the run's method cannot use (an
+InDistill mapping or an AT/FitNet layer that cannot be found, a warm-up the epochs cannot hold)
+are left out before ranking, each with its reason. With `budget.select_epochs` the top
+`budget.select_top` fitting candidates are trained briefly (cross-entropy, no teacher) and the
+best validation accuracy wins, as NetAdapt does.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 
 import torch
 
 from edgekd.errors import EdgeKDError, SelectError
-from edgekd.io import write_json
 from edgekd.pipeline.context import Context, input_norm, on_main, train_stage
 from edgekd.pipeline.rundir import stage_key
 from edgekd.pipeline.stage import Stage
-from edgekd.pipeline.stages.warmup import epoch_plan, plan_epochs
+from edgekd.pipeline.stages.warmup import epoch_plan, plan_epochs, warmup_pairs
 from edgekd.train import engine
 
 SELECT_DIR = "select"
+FILES = (f"{SELECT_DIR}/select.json", f"{SELECT_DIR}/pareto.png")
 
 
 def budget_of(ctx: Context):
@@ -32,21 +36,43 @@ def budget_of(ctx: Context):
 
 
 def deploy_options(ctx: Context):
+    """How the budget's target is reached and measured. FP32 models (the teacher, FP32
+    candidates) run as FP32 on TensorRT too; INT8 (Q/DQ) candidates build as INT8 on their own."""
     from edgekd.ship.remote import DeployOptions
 
     b = ctx.cfg.budget
     return DeployOptions(target=b.target, backend=b.backend, remote_python=b.remote_python,
                          remote_dir=b.remote_dir, ssh_config=b.ssh_config, threads=b.threads,
-                         batch_sizes=[b.batch], precision="fp32" if b.precision == "fp32" else "int8")
+                         batch_sizes=[b.batch], precision="fp32")
+
+
+def trainable(cfg, name: str, num_classes: int, input_size: int) -> None:
+    """Raise EdgeKDError when the run's method cannot train student `name`: its epoch plan,
+    InDistill mapping and loss terms are built on random weights, as the stages would."""
+    from edgekd.distill.indistill import build_mapping
+    from edgekd.distill.methods import LOSS_TERMS, build_terms
+    from edgekd.models.registry import create_model
+
+    cfg = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, arch=name))
+    epoch_plan(cfg, num_classes, input_size)
+    methods = cfg.method.split("+")
+    d = cfg.distill
+    student = create_model(name, num_classes)
+    if "indistill" in methods:
+        teacher = create_model(d.aux_teacher or cfg.teacher.arch, num_classes)
+        build_mapping(student, teacher, warmup_pairs(cfg, student, teacher, input_size), input_size)
+    if any(m in LOSS_TERMS for m in methods):
+        both = d.aux_teacher and d.aux_teaches == "both"
+        teacher = create_model(d.aux_teacher if both else cfg.teacher.arch, num_classes)
+        build_terms(methods, cfg, student, teacher, input_size)
 
 
 def _usable(ctx: Context, names: list[str]) -> tuple[list[str], dict[str, str]]:
     """The candidates the method can train, and why each other one cannot."""
     keep, left_out = [], {}
     for name in names:
-        cfg = dataclasses.replace(ctx.cfg, student=dataclasses.replace(ctx.cfg.student, arch=name))
         try:
-            epoch_plan(cfg, ctx.data.num_classes, ctx.data.input_size)
+            trainable(ctx.cfg, name, ctx.data.num_classes, ctx.data.input_size)
         except EdgeKDError as e:
             left_out[name] = str(e)
             continue
@@ -56,25 +82,69 @@ def _usable(ctx: Context, names: list[str]) -> tuple[list[str], dict[str, str]]:
 
 class SelectStage(Stage):
     name = "select"
-    outputs = (f"{SELECT_DIR}/select.json",)
+    outputs = FILES
 
     def applies(self, ctx: Context) -> bool:
         return ctx.cfg.budget.active
 
     def check(self, ctx: Context) -> None:
-        from edgekd.ship.transport import parse_target
+        from edgekd.selection.select import check_fit, check_input_size, default_candidates
+        from edgekd.ship.remote import check_options
 
+        b, cfg = ctx.cfg.budget, ctx.cfg
         budget_of(ctx)  # a budget <= 0, a speed-up < 1, ... are refused here
-        parse_target(ctx.cfg.budget.target)
-        if ctx.cfg.budget.select_epochs > 0 and len(ctx.data.val) == 0:
+        check_options(deploy_options(ctx))
+        if b.select_epochs > 0 and len(ctx.data.val) == 0:
             raise SelectError("--select-epochs picks by validation accuracy, and this run has no "
                               "validation split: set data.val_fraction > 0")
+        names = list(b.candidates) or default_candidates(ctx.data.input_size, [cfg.teacher.arch])
+        check_input_size(names, ctx.data.input_size)
+        names, left_out = _usable(ctx, names)
+        if not names:
+            first = next(iter(left_out.items()))
+            raise SelectError(f"no candidate can be trained with {cfg.method}: {first[0]}: {first[1]}")
+        ctx.info["select_candidates"], ctx.info["select_left_out"] = names, left_out
+        if ctx.run.stage_valid(self.name, self.key(ctx)):
+            return  # a resumed run: its selection is recorded
+        with tempfile.TemporaryDirectory(prefix="edgekd-select-") as work:
+            doc = on_main(lambda: self._measure(ctx, names, work))
+        check_fit(doc, b.target)
+        ctx.info["select_doc"] = doc
+
+    def _measure(self, ctx: Context, names: list[str], work: str) -> dict:
+        from edgekd.export.quantize import pixels
+        from edgekd.export.targets import resolve_opset
+        from edgekd.selection.measure import Spec
+        from edgekd.selection.select import evaluate
+
+        b, cfg = ctx.cfg.budget, ctx.cfg
+        opset, ir = resolve_opset(cfg.export.target, cfg.export.opset)
+        spec = Spec(ctx.data.input_size, ctx.data.num_classes, b.batch, opset, ir,
+                    for_tensorrt=b.backend == "tensorrt")
+        ctx.reporter.stage("select", "start", f"{len(names)} candidates + the teacher on {b.target}, "
+                           f"budget {budget_of(ctx).describe()}")
+
+        def progress(step: str, detail: str) -> None:
+            if step == "cache":  # the probe, bundle and transfer details are deploy's
+                ctx.reporter.stage("select", "note", detail)
+
+        def on_export(done: int, total: int, name: str) -> None:
+            show = getattr(ctx.reporter, "on_progress", None)
+            if show is not None:
+                show("select", done, total, f"export {name}" if name else "")
+
+        # Real images: test images feed the harness, training images calibrate INT8.
+        samples = pixels(ctx.data.test.images[:max(b.batch, 32)])
+        calib = pixels(ctx.data.train.images[:256])
+        return evaluate(budget_of(ctx), spec, deploy_options(ctx), work, names, cfg.teacher.arch,
+                        samples=samples, calib=calib, progress=progress, on_export=on_export)
 
     def key(self, ctx: Context) -> str:
-        b = ctx.cfg.budget
-        return stage_key("select", b.__dict__, ctx.cfg.teacher.arch, ctx.cfg.method,
-                         ctx.cfg.distill.__dict__, ctx.cfg.student.train.epochs,
-                         ctx.data.input_size, ctx.data.num_classes, ctx.cfg.export.target)
+        cfg = ctx.cfg
+        return stage_key("select", cfg.budget.__dict__, cfg.teacher.arch, cfg.method,
+                         cfg.distill.__dict__, cfg.student.train.__dict__, cfg.student.norm,
+                         cfg.seed, ctx.data.input_size, ctx.data.num_classes, ctx.data.fingerprint(),
+                         ctx.device.type, cfg.export.target, cfg.export.opset)
 
     def __call__(self, ctx: Context) -> None:
         if not self.applies(ctx):
@@ -90,57 +160,38 @@ class SelectStage(Stage):
         plan_epochs(ctx)
 
     def run(self, ctx: Context, key: str) -> dict:
-        from edgekd.export.quantize import pixels
-        from edgekd.export.targets import resolve_opset
-        from edgekd.selection.measure import Spec
-        from edgekd.selection.select import default_candidates, select
+        from edgekd.selection.select import check_fit, write_outputs
 
-        b, cfg = ctx.cfg.budget, ctx.cfg
-        budget = budget_of(ctx)
-        names = list(b.candidates) or default_candidates(ctx.data.input_size, [cfg.teacher.arch])
-        names, left_out = _usable(ctx, names)
-        if not names:
-            first = next(iter(left_out.items()))
-            raise SelectError(f"no candidate can be trained with {cfg.method}: {first[0]}: {first[1]}")
-        opset, ir = resolve_opset(cfg.export.target, cfg.export.opset)
-        spec = Spec(ctx.data.input_size, ctx.data.num_classes, b.batch, opset, ir,
-                    for_tensorrt=b.backend == "tensorrt")
-        ctx.reporter.stage("select", "start", f"{len(names)} candidates + the teacher on {b.target}, "
-                           f"budget {budget.describe()}")
-        n = max(b.batch, 32)
-        samples = pixels(ctx.data.test.images[:n])
-        calib = pixels(ctx.data.train.images[:256])
-
-        def progress(step: str, detail: str) -> None:
-            if step == "cache":  # the probe, bundle and transfer details are deploy's
-                ctx.reporter.stage("select", "note", detail)
-
-        def on_export(done: int, total: int, name: str) -> None:
-            show = getattr(ctx.reporter, "on_progress", None)
-            if show is not None:
-                show("select", done, total, f"export {name}" if name else "")
-
-        folder = ctx.run / SELECT_DIR
-        doc = on_main(lambda: select(budget, spec, deploy_options(ctx), folder, names,
-                                     cfg.teacher.arch, samples=samples, calib=calib,
-                                     progress=progress, on_export=on_export))
+        b = ctx.cfg.budget
+        if "select_candidates" not in ctx.info:
+            self.check(ctx)  # called on its own, outside compress
+        doc = ctx.info.pop("select_doc", None)
+        if doc is None:  # --force on a run whose selection was valid
+            doc = on_main(lambda: self._measure(ctx, ctx.info["select_candidates"],
+                                                str(ctx.run / SELECT_DIR / "work")))
+            check_fit(doc, b.target)
+        left_out = ctx.info["select_left_out"]
         fitting = [r["arch"] for r in doc["candidates"] if r.get("fits")]
-        chosen, trial = doc["chosen"], None
+        trial = None
         if b.select_epochs > 0 and len(fitting) > 1:
             trial = self._trial(ctx, fitting[: b.select_top], key)
-            chosen = max(trial, key=lambda n: trial[n])
-            doc["chosen"], doc["chosen_by"] = chosen, "validation accuracy after a short trial"
+            doc["chosen"] = max(trial, key=lambda n: trial[n])
+            doc["chosen_by"] = f"validation top-1 after {b.select_epochs} epochs of cross-entropy"
             doc["trial"] = trial
         doc["left_out"] = left_out
-        on_main(lambda: write_json(folder / "select.json", doc))
+        chosen = doc["chosen"]
         row = next(r for r in doc["candidates"] if r["arch"] == chosen)
         info = {"chosen": chosen, "budget": doc["budget"], "teacher_ms": (doc["teacher"] or {}).get("value_ms"),
                 "chosen_ms": row["value_ms"], "candidates": len(doc["candidates"]),
                 "fitting": fitting, "left_out": sorted(left_out), "measured": doc["measured"],
                 "cached": doc["cached"], "trial": trial, "target": doc["target"],
-                "files": {"json": f"{SELECT_DIR}/select.json", "plot": f"{SELECT_DIR}/pareto.png"}}
-        on_main(lambda: ctx.run.mark_done("select", key, [f"{SELECT_DIR}/select.json",
-                                                          f"{SELECT_DIR}/pareto.png"], info))
+                "files": {"json": FILES[0], "plot": FILES[1]}}
+
+        def record() -> None:
+            write_outputs(doc, ctx.run / SELECT_DIR)  # the plot marks the final choice
+            ctx.run.mark_done("select", key, list(FILES), info)
+
+        on_main(record)
         ctx.reporter.stage("select", "done", f"{chosen}: {row['value_ms']:.3g} ms, limit "
                            f"{doc['budget']['limit_ms']:.3g} ms; {len(fitting)}/{len(doc['candidates'])} fit")
         return info
@@ -160,7 +211,7 @@ class SelectStage(Stage):
             result = train_stage(ctx, f"select_{name}", model, tcfg,
                                  engine.CrossEntropy(tcfg.label_smoothing), key)
             out[name] = result.last["val_acc"]
-            (ctx.run / "ckpt" / f"select_{name}.state.pt").unlink(missing_ok=True)
+            on_main(lambda n=name: (ctx.run / "ckpt" / f"select_{n}.state.pt").unlink(missing_ok=True))
         return out
 
 
