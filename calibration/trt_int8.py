@@ -9,6 +9,7 @@ the functions that need them, so this module loads on any CPU-only machine.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from typing import Any, Dict, Iterator, Optional, Tuple
 
@@ -58,20 +59,61 @@ class CalibBatches:
 
 
 class CalibrationCache:
-    """TensorRT's calibration cache file: read if present, written atomically."""
+    """TensorRT's calibration cache file: read if present and made here, written atomically.
 
-    def __init__(self, path: PathLike):
+    A cache only holds for the TensorRT version and GPU that computed it (TensorRT issues 3612,
+    2036: another version's cache builds a wrong engine, silently). Each write records both in
+    a sidecar, PATH.json; a cache whose sidecar names another TensorRT or device, or that has
+    no sidecar, is not handed to TensorRT: the calibrator calibrates again and replaces it, and
+    `replaced` says why.
+    """
+
+    def __init__(self, path: PathLike, tensorrt_version: Optional[str] = None,
+                 device: Optional[str] = None):
         self.path = os.fspath(path)
+        self.tensorrt_version = tensorrt_version
+        self.device = device
+        self.replaced: Optional[str] = None
+
+    @property
+    def sidecar(self) -> str:
+        return self.path + ".json"
+
+    def mismatch(self) -> Optional[str]:
+        """Why the cache on disk must not be used here, or None when it may."""
+        if self.tensorrt_version is None:
+            return None
+        try:
+            with open(self.sidecar) as f:
+                origin = json.load(f)
+        except (OSError, ValueError):
+            origin = None
+        if isinstance(origin, dict):
+            if origin.get("tensorrt") != self.tensorrt_version:
+                return "made by TensorRT %s, this is %s" % (origin.get("tensorrt"), self.tensorrt_version)
+            if self.device is not None and origin.get("device") != self.device:
+                return "made on %s, this is %s" % (origin.get("device"), self.device)
+            return None
+        # No record of where it came from (TensorRT's own header holds a version number whose
+        # encoding is not documented): calibrating again is cheaper than a wrong engine.
+        return "its origin is unknown (no %s beside it)" % os.path.basename(self.sidecar)
 
     def read(self) -> Optional[bytes]:
         """The cached bytes, or None so that TensorRT calibrates from the images."""
         if not os.path.isfile(self.path):
+            return None
+        problem = self.mismatch()
+        if problem:
+            self.replaced = problem
             return None
         with open(self.path, "rb") as f:
             return f.read() or None
 
     def write(self, data: Any) -> None:
         atomic_write_bytes(self.path, bytes(data))
+        if self.tensorrt_version is not None:
+            doc = {"tensorrt": self.tensorrt_version, "device": self.device}
+            atomic_write_bytes(self.sidecar, json.dumps(doc, sort_keys=True).encode())
 
 
 def int8_support(version: str) -> Dict[str, Any]:
@@ -118,21 +160,30 @@ def _import_trt_and_cuda():
     return trt, cuda
 
 
-def make_entropy_calibrator(images: Any, batch_size: int, cache_path: PathLike):
+def make_entropy_calibrator(images: Any, batch_size: int, cache_path: PathLike,
+                            device: Optional[str] = None):
     """A trt.IInt8EntropyCalibrator2 over `images` (single-input models), cached at `cache_path`.
 
     When the cache file exists TensorRT reads it and skips calibration, so key `cache_path` by
     the ONNX model and calibration set (their sha256) to avoid reusing a stale cache. The
     builder must calibrate at `batch_size` (for a dynamic batch axis: a calibration profile).
-    A CUDA context must be current (the device's primary one, before the Builder exists).
+    A CUDA context must be current (the device's primary one, before the Builder exists). A
+    cache from another TensorRT version or GPU is calibrated again (CalibrationCache).
 
     TensorRT's trampoline prints an exception raised in a callback and carries on as if there
     were no more batches (or no cache): each callback keeps the first error in `.error`
     instead, for the caller to raise after the build with its real message.
     """
     batches = CalibBatches(images, batch_size)
-    cache = CalibrationCache(cache_path)
     trt, cuda = _import_trt_and_cuda()
+    # The cache is only trusted from this TensorRT and this GPU (`device`, else the GPU's name).
+    if device is None:
+        try:
+            dev = cuda.Device(0)
+            device = "%s sm_%d%d" % ((dev.name(),) + tuple(dev.compute_capability()))
+        except Exception:
+            device = None
+    cache = CalibrationCache(cache_path, trt.__version__, device)
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self):

@@ -166,7 +166,14 @@ class OrtRunner(Runner):
 
 class TrtRunner(Runner):
     """A TensorRT (8.5+) engine on one CUDA stream; `last_device_ms` is the CUDA-event time of
-    the engine's execution, while timing `run()` gives host time including the copies."""
+    the engine's execution, while timing `run()` gives host time including the copies.
+
+    Every I/O tensor gets a device address (an engine may have several outputs; `run` returns
+    the first). An engine with one optimisation profile per measured batch
+    (deploy.trt_build's `opt_batches`) runs each batch on the profile tuned for it. Inputs are
+    copied to the device from a page-locked buffer (an async copy from pageable memory is a
+    synchronous one in disguise). Every TensorRT call that reports failure is checked.
+    """
 
     def __init__(self, engine_path: str) -> None:
         trt, cuda = _import_tensorrt()
@@ -177,6 +184,9 @@ class TrtRunner(Runner):
         self._ctx = cuda.Device(0).retain_primary_context()
         self._ctx.push()
         self._cuda = cuda
+        self._stream = self._start = self._end = None
+        self._context = self._engine = None
+        self._buffers: Dict[str, Any] = {}
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         with open(engine_path, "rb") as f:
             self._engine = runtime.deserialize_cuda_engine(f.read())
@@ -186,6 +196,10 @@ class TrtRunner(Runner):
                               "version and GPU that built them; rebuild it on this device"
                               % engine_path)
         self._context = self._engine.create_execution_context()
+        if self._context is None:
+            self.close()
+            raise DeployError("TensorRT could not create an execution context for %s (out of GPU "
+                              "memory? close other GPU programs and retry)" % engine_path)
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         is_input = {n: self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         inputs = [n for n in names if is_input[n]]
@@ -196,42 +210,70 @@ class TrtRunner(Runner):
         self.path = engine_path
         self.name = "tensorrt:" + os.path.basename(engine_path)
         self.input_name = inputs[0]
-        self._output_name = [n for n in names if not is_input[n]][0]
+        self._outputs = [n for n in names if not is_input[n]]
+        self._output_name = self._outputs[0]
         self.input_shape = [d if d > 0 else None for d in self._engine.get_tensor_shape(inputs[0])]
         self.input_dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(inputs[0])))
-        self._out_dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(self._output_name)))
+        self._dtypes = {n: np.dtype(trt.nptype(self._engine.get_tensor_dtype(n))) for n in self._outputs}
+        self._profiles = [tuple(int(s[0]) for s in self._engine.get_tensor_profile_shape(self.input_name, i))
+                          for i in range(int(getattr(self._engine, "num_optimization_profiles", 1) or 1))]
+        self._profile = 0
         self._version = trt.__version__
         self._stream = cuda.Stream()
         self._start, self._end = cuda.Event(), cuda.Event()
         self._shape: Optional[tuple] = None
-        self._d_in = self._d_out = self._h_out = None
+
+    def _profile_for(self, batch: int) -> int:
+        """The profile tuned closest above `batch` among those whose range holds it."""
+        fits = [i for i, (lo, _opt, hi) in enumerate(self._profiles) if lo <= batch <= hi]
+        if not fits:
+            ranges = ", ".join("%d-%d" % (lo, hi) for lo, _opt, hi in self._profiles)
+            raise DeployError("batch %d is outside %s's optimisation profiles (%s): rebuild the "
+                              "engine for that batch" % (batch, self.path, ranges))
+        return min(fits, key=lambda i: self._profiles[i][1] - batch if self._profiles[i][1] >= batch
+                   else 1 << 30)
 
     def _bind(self, shape: tuple) -> None:
         # Re-bind only when the batch shape changes: allocations stay out of the timed path.
-        self._context.set_input_shape(self.input_name, shape)
-        out_shape = tuple(self._context.get_tensor_shape(self._output_name))
-        self._d_in = self._cuda.mem_alloc(int(np.prod(shape)) * self.input_dtype.itemsize)
-        self._h_out = self._cuda.pagelocked_empty(out_shape, self._out_dtype)
-        self._d_out = self._cuda.mem_alloc(self._h_out.nbytes)
+        cuda = self._cuda
+        profile = self._profile_for(int(shape[0]))
+        if profile != self._profile:
+            if not self._context.set_optimization_profile_async(profile, self._stream.handle):
+                raise DeployError("TensorRT refused optimisation profile %d of %s" % (profile, self.path))
+            self._stream.synchronize()
+            self._profile = profile
+        if not self._context.set_input_shape(self.input_name, shape):
+            raise DeployError("TensorRT refused input shape %s for %s (profile %d takes batches %d-%d)"
+                              % (shape, self.path, profile, self._profiles[profile][0],
+                                 self._profiles[profile][2]))
+        self._buffers = {}  # the previous shape's buffers are freed here
+        self._h_in = cuda.pagelocked_empty(shape, self.input_dtype)
+        self._d_in = cuda.mem_alloc(self._h_in.nbytes)
         self._context.set_tensor_address(self.input_name, int(self._d_in))
-        self._context.set_tensor_address(self._output_name, int(self._d_out))
+        for name in self._outputs:
+            host = cuda.pagelocked_empty(tuple(self._context.get_tensor_shape(name)), self._dtypes[name])
+            device = cuda.mem_alloc(max(host.nbytes, 1))
+            self._context.set_tensor_address(name, int(device))
+            self._buffers[name] = (host, device)
         self._shape = shape
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(batch, dtype=self.input_dtype)
+        batch = np.asarray(batch)
         if batch.shape != self._shape:
             self._bind(batch.shape)
         cuda = self._cuda
-        cuda.memcpy_htod_async(self._d_in, batch, self._stream)
+        np.copyto(self._h_in, batch, casting="same_kind")
+        cuda.memcpy_htod_async(self._d_in, self._h_in, self._stream)
         self._start.record(self._stream)
         if not self._context.execute_async_v3(self._stream.handle):
             raise RuntimeError("TensorRT execute_async_v3 failed for %s" % self.path)
         self._end.record(self._stream)
-        cuda.memcpy_dtoh_async(self._h_out, self._d_out, self._stream)
+        host, device = self._buffers[self._output_name]
+        cuda.memcpy_dtoh_async(host, device, self._stream)
         self._stream.synchronize()
         self.last_device_ms = self._end.time_since(self._start)
         # Copy out of the page-locked buffer, which the next run() overwrites.
-        return self._h_out.astype(np.float32, copy=True)
+        return host.astype(np.float32, copy=True)
 
     def describe(self) -> Dict[str, Any]:
         dev = self._cuda.Device(0)
@@ -243,12 +285,17 @@ class TrtRunner(Runner):
             "input": {"name": self.input_name, "shape": self.input_shape,
                       "dtype": self.input_dtype.name},
             "output": self._output_name,
+            "outputs": list(self._outputs),
+            "profiles": [list(p) for p in self._profiles],
             "device_timing": "cuda events around execute_async_v3",
         }
 
     def close(self) -> None:
+        # Everything that lives in the CUDA context goes before the context is let go.
         self._context = self._engine = None
-        self._d_in = self._d_out = self._h_out = None
+        self._buffers = {}
+        self._h_in = self._d_in = None
+        self._stream = self._start = self._end = None
         ctx, self._ctx = getattr(self, "_ctx", None), None
         if ctx is not None:
             ctx.pop()

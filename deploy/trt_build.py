@@ -359,6 +359,9 @@ def _build(trt: Any, api: Dict[str, Any], onnx_path: str, engine_path: str, prec
         info["timing_cache"] = os.path.basename(timing_cache)
     serialized = builder.build_serialized_network(network, config)
     failed = getattr(calibrator, "error", None)
+    replaced = getattr(getattr(calibrator, "cache", None), "replaced", None)
+    if replaced:
+        info["calibration_cache_replaced"] = replaced  # another TensorRT's or GPU's: recalibrated
     if failed is not None:
         raise TrtBuildError("INT8 calibration of %s failed inside TensorRT's calibrator callback: "
                             "%s" % (os.path.basename(onnx_path), failed))

@@ -160,8 +160,11 @@ def fake_tensorrt(version: str, log: dict) -> types.ModuleType:
                         return None
 
                 names = log.get("calib_names", ["input"])
-                log["calib_batches"] = list(iter(lambda: trampoline(cal.get_batch, names), None))
-                trampoline(cal.write_calibration_cache, b"TRT-cache")
+                if trampoline(cal.read_calibration_cache):  # a cache: no calibration
+                    log["calib_batches"] = []
+                else:
+                    log["calib_batches"] = list(iter(lambda: trampoline(cal.get_batch, names), None))
+                    trampoline(cal.write_calibration_cache, b"TRT-cache")
             return memoryview(b"engine:" + trt.__version__.encode())
 
     class ICudaEngine:
@@ -206,7 +209,9 @@ def install(monkeypatch):
                 events.append("detach")
 
         driver.init = lambda: events.append("init")
-        driver.Device = lambda i: types.SimpleNamespace(retain_primary_context=PrimaryContext)
+        driver.Device = lambda i: types.SimpleNamespace(retain_primary_context=PrimaryContext,
+                                                       name=lambda: log.get("gpu", "Orin"),
+                                                       compute_capability=lambda: (8, 7))
         # pycuda.autoinit would make a second context: importing it fails here.
         for name, module in [("pycuda", types.ModuleType("pycuda")), ("pycuda.driver", driver),
                              ("pycuda.autoinit", None)]:
@@ -413,3 +418,26 @@ def test_run_bundle_keys_the_timing_cache_and_the_profiles(install, models, tmp_
     gpu["name"] = "Thor sm_110"
     run_bundle.engine_for(models["fp32"], sha, "fp16", str(folder), batch_sizes=[8])
     assert len(list(folder.glob("timing-*.cache"))) == 2  # one per (TensorRT, GPU)
+
+
+def test_a_calibration_cache_from_another_tensorrt_or_gpu_is_calibrated_again(install, models, tmp_path):
+    engine = str(tmp_path / "e.engine")
+    cache, sidecar = tmp_path / "e.engine.calib.cache", tmp_path / "e.engine.calib.cache.json"
+    log = install("10.3.0")
+    build_engine(models["fp32"], engine, "int8", calib_dir=models["calib"])
+    assert json.loads(sidecar.read_text()) == {"tensorrt": "10.3.0", "device": "Orin sm_87"}
+    log = install("10.3.0")
+    info = build_engine(models["fp32"], engine, "int8", calib_dir=models["calib"])
+    assert log["calib_batches"] == [] and "calibration_cache_replaced" not in info  # reused
+    # The same file on another GPU, under another TensorRT, or with no record of its origin.
+    for version, gpu, why in (("10.3.0", "Thor", "made on Orin sm_87, this is Thor sm_87"),
+                              ("10.4.0", "Orin", "made by TensorRT 10.3.0, this is 10.4.0"),
+                              ("10.3.0", "Orin", "origin is unknown")):
+        if why == "origin is unknown":
+            sidecar.unlink()
+        else:
+            sidecar.write_text(json.dumps({"tensorrt": "10.3.0", "device": "Orin sm_87"}))
+        log = install(version)
+        log["gpu"] = gpu
+        info = build_engine(models["fp32"], engine, "int8", calib_dir=models["calib"])
+        assert len(log["calib_batches"]) == 7 and why in info["calibration_cache_replaced"]
