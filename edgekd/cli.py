@@ -443,23 +443,50 @@ def export(run_dir, target, opset, simplify, as_json):
 @click.option("--dataset", default=None, help="For MODEL.onnx: its data set (default: from its metadata).")
 @click.option("--data-dir", default=None)
 @click.option("--seed", type=int, default=None, help="Calibration image choice (default: the run's seed).")
+@click.option("--diagnose", is_flag=True, help="Per-layer FP32-vs-INT8 error (SQNR) on test images: <out>.diagnosis.json and .png.")
+@click.option("--auto-fallback", is_flag=True, help="Keep the most sensitive layers in FP32 until the drop fits --max-drop.")
 @click.option("--json", "as_json", is_flag=True)
 def quantize(source, out_path, method, max_drop, exclude, calib_size, calib, model, dataset, data_dir,
-             seed, as_json):
-    """INT8 (ONNX Runtime static QDQ) of a run's model or an .onnx file, within an accuracy budget."""
+             seed, diagnose, auto_fallback, as_json):
+    """INT8 (ONNX Runtime static QDQ) of a run's model or an .onnx file, within an accuracy budget.
+
+    Over the budget nothing is written but the per-layer diagnosis, and the error names the
+    worst layers; --auto-fallback keeps them in FP32 one at a time until the drop fits.
+    """
     from edgekd.pipeline.standalone import quantize_run
 
     info = quantize_run(source, out_path, method, max_drop, exclude, calib_size, calib, dataset,
-                        data_dir, seed, model)
+                        data_dir, seed, model, auto_fallback=auto_fallback, diagnose=diagnose)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
+    if info.get("diagnosis"):
+        out.print(_diagnosis_table(info["diagnosis"]))
+    fb = info.get("fallback")
+    if fb and fb["kept_fp32"]:
+        cost = ", ".join(f"{k.replace('_', ' ')} {v:.2f}x" for k, v in (fb.get("latency_cost") or {}).items())
+        out.print(f"kept in FP32 ({len(fb['kept_fp32'])}): {', '.join(fb['kept_fp32'])}", highlight=False)
+        out.print(f"latency with the fallback vs all INT8 (p50, this CPU): {cost}", highlight=False)
     a = info["accuracy"]
     out.print(f"{info['out_path']}: top-1 {a['fp32_top1']:.2f} % FP32 -> {a['int8_top1']:.2f} % INT8 "
               f"({a['drop_pp']:+.2f} pp drop, budget {max_drop} pp; agreement {a['agreement']:.2f} % "
               f"on {a['n']} test images), {info['method']} on {info['calib_images']} images, "
               f"{info['size_fp32_bytes'] / 1e6:.2f} -> {info['size_int8_bytes'] / 1e6:.2f} MB",
               highlight=False)
+
+
+def _diagnosis_table(diag: dict) -> Table:
+    from rich import box
+
+    table = Table(title="INT8 per-layer diagnosis, worst first", box=box.SIMPLE_HEAD, padding=(0, 1))
+    for col in ("module", "op", "SQNR dB", "vs FP32 dB"):
+        table.add_column(col, justify="left" if col in ("module", "op") else "right")
+    for r in diag["worst"]:
+        table.add_row(r["module"] or r["tensor"], r["producer_op"],
+                      "-" if r["sqnr_db"] is None else f"{r['sqnr_db']:.1f}",
+                      "-" if r["sqnr_vs_fp32_db"] is None else f"{r['sqnr_vs_fp32_db']:.1f}")
+    table.caption = f"{diag['json']} / {diag['png']}"
+    return table
 
 
 # ---- experiment ----------------------------------------------------------------------------

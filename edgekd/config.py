@@ -126,6 +126,7 @@ class ExportConfig:
     int8_calib_size: int = 256  # stratified training images, seeded by the run's seed
     int8_max_drop: float = 1.0  # accuracy budget in percentage points (test split)
     int8_exclude: list[str] = field(default_factory=list)  # node names / op types kept FP32
+    int8_auto_fallback: bool = False  # keep the most sensitive layers FP32 until the drop fits
 
 
 @dataclass

@@ -74,6 +74,25 @@ def tiny_run(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A digits run whose student is trained far enough (about 93 % top-1) for an INT8 budget
+    to mean something: a 1-epoch student sits near chance, where its close logits flip under
+    any quantisation and the drop measures the noise, not the quantiser (about 30 s)."""
+    from click.testing import CliRunner
+
+    from edgekd.cli import cli
+
+    out = tmp_path_factory.mktemp("trained-run") / "digits"
+    r = CliRunner().invoke(cli, [
+        "compress", "--method", "student", "--teacher-arch", "mbv2_cifar_w0.25",
+        "--student", "mbv2_cifar_trunc13", "--input-size", "16", "--teacher-epochs", "1",
+        "--epochs", "6", "--no-bench", "--set", "export.opset=17", "--out", str(out),
+    ], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _restore_torch_threads():
     """Some code under test sets torch's thread count (bench runners, experiment workers);

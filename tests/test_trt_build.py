@@ -425,7 +425,7 @@ def test_a_calibration_cache_from_another_tensorrt_or_gpu_is_calibrated_again(in
     cache, sidecar = tmp_path / "e.engine.calib.cache", tmp_path / "e.engine.calib.cache.json"
     log = install("10.3.0")
     build_engine(models["fp32"], engine, "int8", calib_dir=models["calib"])
-    assert json.loads(sidecar.read_text()) == {"tensorrt": "10.3.0", "device": "Orin sm_87"}
+    assert cache.read_bytes() == b"TRT-cache" and json.loads(sidecar.read_text()) == {"tensorrt": "10.3.0", "device": "Orin sm_87"}
     log = install("10.3.0")
     info = build_engine(models["fp32"], engine, "int8", calib_dir=models["calib"])
     assert log["calib_batches"] == [] and "calibration_cache_replaced" not in info  # reused

@@ -63,6 +63,8 @@ def quantize_run(
     data_dir: str | None = None,
     seed: int | None = None,
     model: str = "student",
+    auto_fallback: bool = False,
+    diagnose: bool = False,
 ) -> dict:
     """INT8 QDQ ONNX of a run's `model` (RUN_DIR) or of an exported .onnx file, with its
     accuracy on the test split against FP32 (edgekd quantize).
@@ -108,7 +110,8 @@ def quantize_run(
         write_run_calibset(calib, data, n, seed)
     target = Path(out) if out else int8_path(fp32)
     info = quantize_onnx(fp32, target, calib, pixels(data.test.images), data.test.labels.numpy(),
-                         method, max_drop, list(exclude))
+                         method, max_drop, list(exclude), auto_fallback=auto_fallback,
+                         diagnose=diagnose)
     info["model"] = str(fp32)
     return info
 

@@ -25,7 +25,8 @@ class QuantizeStage(Stage):
         e = ctx.cfg.export
         return stage_key("quantize", *[ctx.run.output_hash(f"{n}.onnx") for n in self._names(ctx)],
                          e.int8_method, e.int8_calib_size, e.int8_max_drop, e.int8_exclude,
-                         ctx.cfg.seed, ctx.data.fingerprint())
+                         ctx.cfg.seed, ctx.data.fingerprint(),
+                         *(["auto_fallback"] if e.int8_auto_fallback else []))
 
     def run(self, ctx: Context, key: str) -> None:
         from edgekd.export.quantize import (
@@ -46,7 +47,7 @@ class QuantizeStage(Stage):
         for name in names:
             info[name] = quantize_onnx(ctx.run / f"{name}.onnx", int8_path(ctx.run / f"{name}.onnx"),
                                        ctx.run / CALIB_DIR, x, y, e.int8_method, e.int8_max_drop,
-                                       e.int8_exclude)
+                                       e.int8_exclude, auto_fallback=e.int8_auto_fallback)
             info[name]["out_path"] = int8_path(f"{name}.onnx").name
             info[name]["calibration"]["dir"] = CALIB_DIR
         files = [f"{CALIB_DIR}/calib.json", f"{CALIB_DIR}/images.npy", f"{CALIB_DIR}/labels.npy",
