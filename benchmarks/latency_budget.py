@@ -32,7 +32,6 @@ from cifar10_ablation import ZIP, extract  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 DIVISORS = (2.0, 5.0, 10.8)
-BATCHES = (64, 1)
 # One to three per family, small to large, so a selection costs about a minute, not four.
 CANDIDATES = ("resnet8_cifar_w0.5,resnet8_cifar_w0.75,resnet8_cifar,resnet14_cifar_w0.5,"
               "resnet14_cifar,resnet20_cifar,resnet8_cifar_w2,mbv2_cifar_d0.25_w0.35,"
@@ -59,14 +58,19 @@ def main() -> int:
     ap.add_argument("--cifar-test-per-class", type=int, default=100)
     ap.add_argument("--cifar-epochs", type=int, default=10, help="Student epochs on CIFAR-10 (method kd).")
     ap.add_argument("--cifar-teacher-epochs", type=int, default=10)
+    ap.add_argument("--batches", default="64,1", help="Budget batch sizes.")
+    ap.add_argument("--remeasure", action="store_true",
+                    help="Measure again (fresh cache, selections and latency stages), keep the trained models.")
     args = ap.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
+    if args.remeasure:
+        remeasure(work, args.datasets.split(","))
     # A cache of our own: the first selection measures, later ones (and reruns) reuse it.
     env = dict(os.environ, EDGEKD_CACHE=str(work / "cache"))
     t0 = time.perf_counter()
     doc: dict = {"benchmark": "latency_budget", "command": "python benchmarks/latency_budget.py "
-                 + " ".join(sys.argv[1:]), "divisors": list(DIVISORS), "batches": list(BATCHES),
+                 + " ".join(sys.argv[1:]), "divisors": list(DIVISORS), "batches": [int(b) for b in args.batches.split(",")],
                  "candidates": CANDIDATES.split(","), "backend": "onnxruntime CPU, FP32, all cores",
                  "datasets": {}}
     for ds in args.datasets.split(","):
@@ -89,7 +93,7 @@ def main() -> int:
         teacher = None
         trained: dict[str, dict] = {}  # arch -> report of the run that trained it
         rows = []
-        for batch in BATCHES:
+        for batch in [int(b) for b in args.batches.split(",")]:
             for d in DIVISORS:
                 sel_dir = work / "select" / f"{ds}-b{batch}-d{d:g}"
                 done = edgekd(["select", "--speedup", str(d), "--budget-batch", str(batch),
@@ -141,10 +145,17 @@ def main() -> int:
                 rows.append(row)
         doc["datasets"][ds] = {"schedule": schedule, "input_size": size, "rows": rows}
         for r in rows:
-            print(f"{ds} batch {r['batch']:>2} /{r['divisor']:<4g} -> {r['chosen']}: "
+            print(f"{ds} batch {r['batch']:>2} /{r['divisor']:<4g} -> {r.get('trained', r['chosen'])}: "
                   + (f"{r['student_p50_ms']:.2f} ms vs teacher {r['teacher_p50_ms']:.2f} ms "
                      f"({r['speedup_p50']:.1f}x), top-1 {r['student_acc']:.2f} vs {r['teacher_acc']:.2f} %"
                      if "student_acc" in r else r.get("note", "")), flush=True)
+    # Data sets not run this time keep their earlier figures (with their own machine record).
+    previous = RESULTS / "latency_budget.json"
+    if previous.is_file():
+        old = json.loads(previous.read_text())
+        for ds, entry in old.get("datasets", {}).items():
+            if ds not in doc["datasets"]:
+                doc["datasets"][ds] = {**entry, "from_run": old.get("created")}
     doc["wall_time_s"] = round(time.perf_counter() - t0, 1)
     doc["machine"] = capture()
     doc["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -155,33 +166,50 @@ def main() -> int:
     return 0
 
 
+def remeasure(work: Path, datasets: list[str]) -> None:
+    """Forget every latency figure of these data sets' runs (the measurement cache, the
+    selections, the bench and budget stages), so the next pass measures them again on a quiet
+    machine; the trained models stay (a resumed run reuses them when it chooses the same one)."""
+    import shutil
+
+    shutil.rmtree(work / "cache", ignore_errors=True)
+    for ds in datasets:
+        for sel in (work / "select").glob(f"{ds}-*"):
+            shutil.rmtree(sel)
+        for run in (work / "runs").glob(f"{ds}-*"):
+            state = run / "state.json"
+            ledger = json.loads(state.read_text())
+            for stage in ("select", "bench", "budget"):
+                ledger.pop(stage, None)
+            state.write_text(json.dumps(ledger, indent=2))
+
+
 def plot(doc: dict, path: Path) -> None:
+    """One panel per data set and batch: each budget's trained student (accuracy against its
+    p50), the budget's limit as a dotted line, the teacher as a square."""
     from edgekd.bench.plot import pyplot, save_png
 
     plt = pyplot()
-    sets = list(doc["datasets"].items())
-    fig, axes = plt.subplots(1, len(sets) * len(doc["batches"]), figsize=(4.2 * len(sets) * len(doc["batches"]), 3.8),
-                             squeeze=False)
-    i = 0
-    for ds, entry in sets:
-        for batch in doc["batches"]:
-            ax = axes[0][i]
-            i += 1
-            rows = [r for r in entry["rows"] if r["batch"] == batch and "student_acc" in r]
-            for r in rows:
-                ax.scatter(r["student_p50_ms"], r["student_acc"], color="#2e7d32", zorder=3)
-                ax.annotate(f"/{r['divisor']:g} {r['chosen']}", (r["student_p50_ms"], r["student_acc"]),
-                            fontsize=6, xytext=(3, 2), textcoords="offset points")
-                ax.axvline(r["limit_ms"], color="#c62828", linestyle=":", linewidth=0.8)
-            if rows:
-                ax.scatter(rows[0]["teacher_p50_ms"], rows[0]["teacher_acc"], marker="s", color="#1565c0",
-                           label="teacher", zorder=3)
-                ax.legend(fontsize=7)
-            ax.set_xscale("log")
-            ax.set_xlabel(f"p50 latency (ms), batch {batch}")
-            ax.set_ylabel("test top-1 (%)")
-            ax.set_title(f"{ds}: budgets teacher / {', '.join(f'{d:g}' for d in doc['divisors'])}", fontsize=8)
-            ax.grid(True, linewidth=0.3)
+    panels = [(ds, entry, b) for ds, entry in doc["datasets"].items()
+              for b in sorted({r["batch"] for r in entry["rows"]}, reverse=True)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    for ax, (ds, entry, batch) in zip(axes[0], panels, strict=True):
+        rows = [r for r in entry["rows"] if r["batch"] == batch and "student_acc" in r]
+        for r in rows:
+            ax.scatter(r["student_p50_ms"], r["student_acc"], color="#2e7d32", zorder=3)
+            ax.annotate(f"/{r['divisor']:g} {r.get('trained', r['chosen'])}",
+                        (r["student_p50_ms"], r["student_acc"]), fontsize=6, xytext=(3, 2),
+                        textcoords="offset points")
+            ax.axvline(r["limit_ms"], color="#c62828", linestyle=":", linewidth=0.8)
+        if rows:
+            ax.scatter(rows[0]["teacher_p50_ms"], rows[0]["teacher_acc"], marker="s", color="#1565c0",
+                       label="teacher", zorder=3)
+            ax.legend(fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"p50 latency (ms), batch {batch}")
+        ax.set_ylabel("test top-1 (%)")
+        ax.set_title(f"{ds}: budgets teacher / {', '.join(f'{d:g}' for d in doc['divisors'])}", fontsize=8)
+        ax.grid(True, linewidth=0.3)
     save_png(fig, plt, path)
 
 

@@ -81,6 +81,14 @@ def test_select_over_an_ssh_alias_writes_table_json_and_plot_then_measures_nothi
     assert json.loads((out / "select.json").read_text())["measured"] == 4 and len(_results(device)) == 2
 
 
+def test_an_unreachable_target_is_the_one_line_error_of_deploy(server, tmp_path):
+    url = f"ssh://{server.user}@127.0.0.1:{sshd.free_port()}"
+    r = CliRunner().invoke(cli, [*SELECT, "--target", url, "--ssh-config", str(server.config),
+                                 "--latency-budget", "5", "--out", str(tmp_path / "s")])
+    _one_line_error(r, "cannot reach", "is the device on")
+    assert "Traceback" not in r.output and not (tmp_path / "s" / "select.json").exists()
+
+
 def test_a_budget_no_candidate_meets_names_the_fastest_and_what_would_help(tmp_path):
     r = CliRunner().invoke(cli, [*SELECT, "--latency-budget", "0.001", "--cache-dir", str(tmp_path / "c"),
                                  "--out", str(tmp_path / "s"), "--remote-dir", str(tmp_path / "d")])
