@@ -473,8 +473,10 @@ def test_entropy_calibrator_feeds_batches_and_caches(calib, tmp_path, monkeypatc
     assert list(pointers) == [[0xDEADBEEF]] * 4  # 200 images -> 4 batches of 64, then None
     copies = calibrator._device.copies
     np.testing.assert_array_equal(np.concatenate(copies)[:200], calib)
-    with pytest.raises(CalibrationError, match="one input"):
-        calibrator.get_batch(["image", "mask"])
+    # TensorRT's trampoline would swallow an exception: the calibrator keeps it instead and
+    # says "no more batches"; the builder raises it after the build (tests/test_trt_build.py).
+    assert calibrator.get_batch(["image", "mask"]) is None
+    assert "get_batch: CalibrationError" in calibrator.error and "one input" in calibrator.error
     calibrator.write_calibration_cache(b"TRT-1003-EntropyCalibration2\n")
     assert make_entropy_calibrator(calib, 64, cache_path).read_calibration_cache() == (
         b"TRT-1003-EntropyCalibration2\n"
