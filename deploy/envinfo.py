@@ -152,7 +152,32 @@ def _cpu_info(root: str) -> Dict[str, Any]:
         "usable_cores": affinity,  # what this process may run on (taskset, cgroups)
         "governor": governors or None,  # governor -> number of CPUs using it
         "frequency_fixed": all(fixed_freq) if fixed_freq else None,  # min == max on every CPU
+        "int8_isa": int8_isa(root),
     }
+
+
+# CPU features that decide how INT8 runs: x86 VNNI / AMX accumulate u8 x s8 products in 32
+# bits; AVX2 alone (vpmaddubsw) sums pairs in 16 bits and saturates; ARM's dot product
+# (asimddp) and matrix (i8mm) instructions accumulate in 32 bits.
+INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+
+
+def cpu_model(root: str = "/") -> Optional[str]:
+    """The CPU's model name (x86 model name, or the ARM core from its implementer/part)."""
+    return _cpu_model(root)
+
+
+def int8_isa(root: str = "/") -> Optional[List[str]]:
+    """The INT8-relevant CPU flags of /proc/cpuinfo present on this machine (None: unknown)."""
+    text = _read(_path(root, "proc/cpuinfo"))
+    if not text:
+        return None
+    flags = set()
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return [f for f in INT8_FLAGS if f in flags]
 
 
 def _cpu_model(root: str) -> Optional[str]:

@@ -168,6 +168,7 @@ def _default_out(cfg) -> Path:
 @click.option("--select-epochs", type=int, default=None, help="Train the top fitting candidates this many epochs and keep the best val accuracy.")
 @click.option("--no-bench", is_flag=True, help="Skip the latency measurement.")
 @click.option("--int8", is_flag=True, help="Also quantize the student to INT8 (export.int8; budget export.int8_max_drop).")
+@click.option("--qat-epochs", type=int, default=None, help="Quantization-aware distillation epochs before INT8; implies --int8.")
 @click.option("--resume", is_flag=True, help="Continue an unfinished run in --out.")
 @click.option("--force", is_flag=True, help="Overwrite the run in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
@@ -175,7 +176,8 @@ def compress(dataset, data_dir, teacher, teacher_arch, student, method, epochs, 
              batch_size, lr, kd_alpha, kd_temperature, ig_p, ig_blend, ig_steps, ig_method,
              ig_target, ig_baseline, input_size, train_subset, out, device, seed,
              recipe, config_file, sets, latency_budget, speedup, budget_batch, budget_percentile,
-             budget_precision, target, select_epochs, no_bench, int8, resume, force, as_json):
+             budget_precision, target, select_epochs, no_bench, int8, qat_epochs, resume, force,
+             as_json):
     """Distil a student from a teacher, export it to ONNX and report accuracy, size and latency."""
     from edgekd.pipeline.compress import compress as run_compress
 
@@ -196,8 +198,9 @@ def compress(dataset, data_dir, teacher, teacher_arch, student, method, epochs, 
     }
     if no_bench:
         overrides["bench.enabled"] = False
-    if int8 or budget_precision == "int8":
+    if int8 or budget_precision == "int8" or qat_epochs:
         overrides["export.int8"] = True
+    overrides["export.int8_qat_epochs"] = qat_epochs
     sets = list(sets)
     if latency_budget is not None or speedup is not None:
         if student:
@@ -445,18 +448,31 @@ def export(run_dir, target, opset, simplify, as_json):
 @click.option("--seed", type=int, default=None, help="Calibration image choice (default: the run's seed).")
 @click.option("--diagnose", is_flag=True, help="Per-layer FP32-vs-INT8 error (SQNR) on test images: <out>.diagnosis.json and .png.")
 @click.option("--auto-fallback", is_flag=True, help="Keep the most sensitive layers in FP32 until the drop fits --max-drop.")
+@click.option("--reduce-range", is_flag=True, help="7-bit weights: exact on x86 CPUs without VNNI, whose INT8 kernels saturate.")
+@click.option("--qat-epochs", type=int, default=0, show_default=True,
+              help="RUN_DIR's student: first fine-tune it this many epochs with fake quantization and the run's distillation loss.")
+@click.option("--qat-lr", type=float, default=None, help="Learning rate of --qat-epochs (default: a tenth of the student's).")
+@click.option("--qat-teacher", type=click.Choice(["teacher", "student"]), default="teacher", show_default=True,
+              help="Who --qat-epochs distils from: the run's teacher and method, or the FP32 student itself.")
+@click.option("--device", default=None, help="Where --qat-epochs trains (default: cpu).")
 @click.option("--json", "as_json", is_flag=True)
 def quantize(source, out_path, method, max_drop, exclude, calib_size, calib, model, dataset, data_dir,
-             seed, diagnose, auto_fallback, as_json):
+             seed, diagnose, auto_fallback, reduce_range, qat_epochs, qat_lr, qat_teacher, device,
+             as_json):
     """INT8 (ONNX Runtime static QDQ) of a run's model or an .onnx file, within an accuracy budget.
 
     Over the budget nothing is written but the per-layer diagnosis, and the error names the
-    worst layers; --auto-fallback keeps them in FP32 one at a time until the drop fits.
+    worst layers; --auto-fallback keeps them in FP32 one at a time until the drop fits, and
+    --qat-epochs trains the student back under fake quantization (quantization-aware
+    distillation) before it is quantized.
     """
     from edgekd.pipeline.standalone import quantize_run
 
     info = quantize_run(source, out_path, method, max_drop, exclude, calib_size, calib, dataset,
-                        data_dir, seed, model, auto_fallback=auto_fallback, diagnose=diagnose)
+                        data_dir, seed, model, auto_fallback=auto_fallback, diagnose=diagnose,
+                        qat_epochs=qat_epochs, qat_lr=qat_lr, qat_teacher=qat_teacher,
+                        reduce_range=reduce_range, device=device,
+                        reporter=None if as_json else _RichReporter(err))
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -468,11 +484,18 @@ def quantize(source, out_path, method, max_drop, exclude, calib_size, calib, mod
         out.print(f"kept in FP32 ({len(fb['kept_fp32'])}): {', '.join(fb['kept_fp32'])}", highlight=False)
         out.print(f"latency with the fallback vs all INT8 (p50, this CPU): {cost}", highlight=False)
     a = info["accuracy"]
+    if info.get("qat"):
+        q = info["qat"]
+        out.print(f"quantization-aware: {q['epochs']} epochs ({q['loss']}), quantized "
+                  f"{Path(info['quantized_from']).name}, drop measured against "
+                  f"{Path(info['accuracy_reference']).name}", highlight=False)
     out.print(f"{info['out_path']}: top-1 {a['fp32_top1']:.2f} % FP32 -> {a['int8_top1']:.2f} % INT8 "
               f"({a['drop_pp']:+.2f} pp drop, budget {max_drop} pp; agreement {a['agreement']:.2f} % "
               f"on {a['n']} test images), {info['method']} on {info['calib_images']} images, "
               f"{info['size_fp32_bytes'] / 1e6:.2f} -> {info['size_int8_bytes'] / 1e6:.2f} MB",
               highlight=False)
+    if info["host_kernels"].get("note"):
+        err.print(f"note: {info['host_kernels']['note']}", highlight=False)
 
 
 def _diagnosis_table(diag: dict) -> Table:

@@ -127,6 +127,14 @@ class ExportConfig:
     int8_max_drop: float = 1.0  # accuracy budget in percentage points (test split)
     int8_exclude: list[str] = field(default_factory=list)  # node names / op types kept FP32
     int8_auto_fallback: bool = False  # keep the most sensitive layers FP32 until the drop fits
+    int8_reduce_range: bool = False  # 7-bit weights: exact on x86 CPUs without VNNI (README: INT8)
+    # Quantization-aware distillation before INT8 (edgekd.export.qat): epochs of fine-tuning
+    # with fake quantization and the run's distillation loss; 0: post-training quantization.
+    int8_qat_epochs: int = 0
+    int8_qat_lr: float | None = None  # None: a tenth of the student's learning rate
+    # Who teaches it: `teacher` (the run's method and teacher) or `student` (the FP32 student
+    # itself: the INT8 model learns to agree with the model it replaces).
+    int8_qat_teacher: str = "teacher"
 
 
 @dataclass
@@ -425,6 +433,12 @@ def _validate_export(e: ExportConfig) -> None:
         raise EdgeKDError(f"export.int8_method {e.int8_method!r}: use one of {', '.join(INT8_METHODS)}")
     if e.int8_calib_size < 1 or e.int8_max_drop < 0:
         raise EdgeKDError("export.int8_calib_size must be >= 1 and export.int8_max_drop >= 0")
+    if e.int8_qat_epochs < 0 or (e.int8_qat_lr is not None and e.int8_qat_lr <= 0):
+        raise EdgeKDError("export.int8_qat_epochs must be >= 0 and export.int8_qat_lr > 0")
+    if e.int8_qat_teacher not in ("teacher", "student"):
+        raise EdgeKDError(f"export.int8_qat_teacher {e.int8_qat_teacher!r}: use teacher or student")
+    if e.int8_qat_epochs and not e.int8:
+        raise EdgeKDError("--qat-epochs fine-tunes the student for INT8: add --int8")
     if (e.int8 or e.int8_teacher) and not e.enabled:
         raise EdgeKDError("export.int8 needs export.enabled (INT8 is made from the ONNX export)")
 

@@ -43,9 +43,17 @@ def pixels(images) -> np.ndarray:
     return np.asarray(images, dtype=np.float32) / np.float32(255.0)
 
 
+def calibration_indices(data: Dataset, n: int, seed: int) -> np.ndarray:
+    """The training images a run calibrates INT8 on: `n`, stratified by class, seeded."""
+    try:
+        return stratified_indices(data.train.labels.numpy(), n, seed)
+    except CalibrationError as e:
+        raise QuantizeError(str(e)) from None
+
+
 def write_run_calibset(folder: str | Path, data: Dataset, n: int, seed: int) -> dict:
     """Write (or keep, when it already holds the same choice) a stratified calibration set of
-    `n` training images; returns its calib.json."""
+    `n` training images (calibration_indices); returns its calib.json."""
     folder = Path(folder)
     labels = data.train.labels.numpy()
     source = f"{data.name} train split, fingerprint {data.fingerprint()[:16]}"
@@ -55,10 +63,7 @@ def write_run_calibset(folder: str | Path, data: Dataset, n: int, seed: int) -> 
             return existing
     except CalibrationError:
         pass
-    try:
-        idx = stratified_indices(labels, n, seed)
-    except CalibrationError as e:
-        raise QuantizeError(str(e)) from None
+    idx = calibration_indices(data, n, seed)
     write_calibset(folder, pixels(data.train.images[idx]), labels[idx], data.classes, seed,
                    source, overwrite=True)
     return load_calibset(folder, verify=False).meta
@@ -109,6 +114,8 @@ def quantize_onnx(
     for_tensorrt: bool | None = None,
     auto_fallback: bool = False,
     diagnose: bool = False,
+    reference: str | Path | None = None,
+    reduce_range: bool = False,
 ) -> dict:
     """Quantize `fp32` to INT8 QDQ with the set in `calib_dir`, measure top-1 on the test
     images against FP32 and write `out` only when the drop is within `max_drop` pp.
@@ -121,6 +128,13 @@ def quantize_onnx(
     (measured here, ONNX Runtime CPU). `diagnose` writes the diagnosis of the final model too.
     With `for_tensorrt` (default: the model was exported for a jetson-* target) the Q/DQ are
     placed as TensorRT's explicit quantization wants them (symmetric, FP32 bias).
+    `reference` is the FP32 model the drop is measured against when it is not `fp32` itself
+    (after quantization-aware distillation: the student as trained, not its fine-tuned copy).
+
+    The drop is that of the quantized graph's own arithmetic (what TensorRT, ARM and VNNI/AMX
+    x86 kernels compute); `host_kernels` adds what this workstation's ONNX Runtime kernels
+    score, which on an x86 CPU without VNNI saturate, and a note when that costs more.
+    `reduce_range` quantizes weights to 7 bits, which such CPUs compute without saturating.
     """
     from calibration import compare_accuracy, quantize_static_qdq
 
@@ -147,8 +161,8 @@ def quantize_onnx(
             first = None
             while True:
                 info = quantize_static_qdq(fp32, tmp, calib.images, method=method, exclude=excluded,
-                                           for_tensorrt=for_tensorrt)
-                accuracy = compare_accuracy(fp32, tmp, test_images, test_labels)
+                                           for_tensorrt=for_tensorrt, reduce_range=reduce_range)
+                accuracy = compare_accuracy(reference or fp32, tmp, test_images, test_labels)
                 if first is None and auto_fallback:
                     first = Path(tmp_dir) / "all-int8.onnx"
                     first.write_bytes(tmp.read_bytes())
@@ -159,8 +173,9 @@ def quantize_onnx(
                     raise QuantizeError(
                         f"{fp32.name}: INT8 accuracy dropped {accuracy['drop_pp']:.2f} pp (> budget "
                         f"{max_drop:.2f} pp); the worst layers are {_worst(doc)} (per-layer table: "
-                        f"{json_path}): keep them in FP32 with --auto-fallback or --exclude, or try "
-                        "more calibration images (--calib-size) or another --method")
+                        f"{json_path}): keep them in FP32 with --auto-fallback or --exclude, train "
+                        "the student back with --qat-epochs, or try more calibration images "
+                        "(--calib-size) or another --method")
                 # The most sensitive tensor whose readers are still quantized: keep them in FP32.
                 row = next((r for r in doc["rows"] if r["consumers"]
                             and not set(r["consumers"]) <= set(excluded)), None)
@@ -182,6 +197,7 @@ def quantize_onnx(
                     f"table: {json_path})")
             if auto_fallback:
                 info["fallback"] = _fallback_record(steps, exclude, first, tmp, accuracy)
+            info["host_kernels"] = _host_kernels(tmp, test_images, test_labels, accuracy)
             if diagnose:
                 info["diagnosis"] = {"json": str(json_path), "png": str(png_path),
                                      "worst": diagnose_onnx(fp32, tmp, probe, json_path, png_path)["rows"][:10]}
@@ -189,9 +205,36 @@ def quantize_onnx(
     except CalibrationError as e:
         raise QuantizeError(f"{fp32.name}: {e}") from None
     info["out_path"] = str(out)
+    if reference is not None:
+        from calibration import evaluate_onnx
+
+        info["quantized_from"] = str(fp32)
+        info["accuracy_reference"] = str(reference)
+        # How much of the result is the fine-tuning itself: the FP32 copy that was quantized.
+        info["accuracy"]["source_fp32_top1"] = evaluate_onnx(fp32, test_images, test_labels)["top1"]
     info["calibration"] = {"dir": str(calib_dir), "count": calib.meta["count"],
                            "seed": calib.meta["seed"], "source": calib.meta["source"]}
     return info
+
+
+def _host_kernels(int8: Path, images, labels, accuracy: dict) -> dict:
+    """This CPU's ONNX Runtime INT8 kernels against the graph's exact arithmetic."""
+    from calibration import evaluate_onnx
+    from deploy.envinfo import cpu_model, int8_isa
+
+    top1 = evaluate_onnx(int8, images, labels)["top1"]
+    record = {"int8_top1": top1, "drop_pp": round(accuracy["fp32_top1"] - top1, 3),
+              "cpu": cpu_model(), "int8_isa": int8_isa()}
+    extra = record["drop_pp"] - accuracy["drop_pp"]
+    if extra > 0.5:
+        isa = record["int8_isa"] or []
+        why = ("its INT8 kernels sum pairs of products in 16 bits without VNNI and saturate"
+               if "avx2" in isa and not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(isa)
+               else "its INT8 kernels differ from the graph's arithmetic")
+        record["note"] = (f"on this CPU the INT8 model loses {record['drop_pp']:.2f} pp, "
+                          f"{extra:.2f} pp more than the graph itself: {why}; for an x86 target "
+                          "without VNNI, quantize with --reduce-range")
+    return record
 
 
 def _fallback_record(steps: list[dict], given: Sequence[str], all_int8: Path | None, final: Path,

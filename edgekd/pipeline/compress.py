@@ -1,6 +1,7 @@
 """`edgekd compress`: the ordered list of stages (edgekd.pipeline.stages) run on one run
-directory: data -> student selection by latency budget -> teacher -> IG maps -> auxiliary teacher -> warm-up -> student -> ONNX
-export -> INT8 -> latency -> the budget's final check -> report.
+directory: data -> student selection by latency budget -> teacher -> IG maps -> auxiliary
+teacher -> warm-up -> student -> quantization-aware distillation -> ONNX export -> INT8 ->
+latency -> the budget's final check -> report.
 
 Each stage is skipped when the ledger says its output is valid for the current settings;
 training stages resume from their per-epoch checkpoint, the IG maps from their first
@@ -26,6 +27,7 @@ from edgekd.pipeline.stages import (
     data,
     export,
     ig,
+    qat,
     quantize,
     select,
     student,
@@ -37,7 +39,8 @@ from edgekd.train import engine
 
 # Training stages run on every rank (torchrun splits each batch); the finishing stages and
 # the report run on rank 0 alone.
-TRAINING = (data.STAGE, select.STAGE, teacher.STAGE, ig.STAGE, aux.STAGE, warmup.STAGE, student.STAGE)
+TRAINING = (data.STAGE, select.STAGE, teacher.STAGE, ig.STAGE, aux.STAGE, warmup.STAGE, student.STAGE,
+            qat.STAGE)
 FINISHING = (export.STAGE, quantize.STAGE, bench.STAGE, budget.STAGE)
 STAGES = TRAINING + FINISHING
 

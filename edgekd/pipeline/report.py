@@ -79,7 +79,8 @@ def build_report(ctx: Context, wall_time_s: float) -> dict:
     teacher, student = _model_entry(ctx, "teacher"), _model_entry(ctx, "student")
     artifacts = {
         name: name for name in ("config.yaml", "teacher.pt", "student.pt", "student.onnx",
-                                "teacher.onnx", "student.int8.onnx", "teacher.int8.onnx", AUX,
+                                "teacher.onnx", "student.int8.onnx", "teacher.int8.onnx",
+                                "student.qat.pt", "student.qat.onnx", AUX,
                                 WARMUP, METRICS, BENCH, SAMPLES, SAMPLE_LABELS, "data.json",
                                 "select/select.json", "select/pareto.png", *IG_FILES)
         if (ctx.run / name).exists()
@@ -99,6 +100,7 @@ def build_report(ctx: Context, wall_time_s: float) -> dict:
         "mac_reduction": round(teacher["macs"] / student["macs"], 2),
         "export": ctx.run.stage_info("export"),
         **({"int8": ctx.run.stage_info("quantize")} if ctx.run.stage_info("quantize") else {}),
+        **({"qat": ctx.run.stage_info("qat")} if ctx.cfg.export.int8_qat_epochs else {}),
         **({"ig": ctx.run.stage_info("ig")} if "ig" in ctx.cfg.method.split("+") else {}),
         "latency": _latency_summary(ctx),
         **({"budget": _budget_summary(ctx, teacher, student)} if ctx.cfg.budget.active else {}),

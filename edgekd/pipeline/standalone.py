@@ -65,13 +65,21 @@ def quantize_run(
     model: str = "student",
     auto_fallback: bool = False,
     diagnose: bool = False,
+    qat_epochs: int = 0,
+    qat_lr: float | None = None,
+    qat_teacher: str = "teacher",
+    reduce_range: bool = False,
+    device: str | None = None,
+    reporter=None,
 ) -> dict:
     """INT8 QDQ ONNX of a run's `model` (RUN_DIR) or of an exported .onnx file, with its
     accuracy on the test split against FP32 (edgekd quantize).
 
     A run writes its calibration set to RUN/calib/ (stratified over the training split,
     seeded with the run's seed); a lone .onnx file takes `calib` (an existing set) or builds
-    one from `dataset` (default: the data set named in the model's metadata).
+    one from `dataset` (default: the data set named in the model's metadata). `qat_epochs`
+    runs the run's `qat` stage first (quantization-aware distillation of the student, on
+    `device`) and quantizes its result, the drop still measured against student.onnx.
     """
     from edgekd.data import load_dataset
     from edgekd.export.onnx import read_contract
@@ -85,6 +93,13 @@ def quantize_run(
 
     source = Path(source)
     n = calib_size if calib_size is not None else 256
+    reference = None
+    if qat_epochs and not source.is_dir():
+        raise RunDirError(f"--qat-epochs trains the PyTorch student with its teacher: pass the run "
+                          f"directory {source.name} came from, not the .onnx file")
+    if qat_epochs and (model != "student" or calib is not None):
+        raise RunDirError("--qat-epochs fine-tunes the run's student on its own calibration set: "
+                          "drop --model teacher / --calib")
     if source.is_dir():
         ctx = open_run(source)
         fp32 = ctx.run / f"{model}.onnx"
@@ -92,6 +107,9 @@ def quantize_run(
             raise RunDirError(f"{source} has no {model}.onnx: run `edgekd export {source}` first")
         data, seed = ctx.data, ctx.cfg.seed if seed is None else seed
         default_calib = ctx.run / CALIB_DIR
+        if qat_epochs:
+            fp32, reference = _qat_run(ctx, qat_epochs, qat_lr, qat_teacher, n, seed, device,
+                                       reporter), fp32
     elif source.suffix == ".onnx" and source.is_file():
         fp32 = source
         contract = read_contract(fp32)
@@ -108,12 +126,39 @@ def quantize_run(
     if calib is None:
         calib = default_calib
         write_run_calibset(calib, data, n, seed)
-    target = Path(out) if out else int8_path(fp32)
+    target = Path(out) if out else int8_path(reference or fp32)
     info = quantize_onnx(fp32, target, calib, pixels(data.test.images), data.test.labels.numpy(),
                          method, max_drop, list(exclude), auto_fallback=auto_fallback,
-                         diagnose=diagnose)
-    info["model"] = str(fp32)
+                         diagnose=diagnose, reference=reference, reduce_range=reduce_range)
+    info["model"] = str(reference or fp32)
+    if reference is not None:
+        info["qat"] = ctx.run.stage_info("qat")
     return info
+
+
+def _qat_run(ctx: Context, epochs: int, lr: float | None, teacher: str, calib_size: int,
+             seed: int, device: str | None, reporter) -> Path:
+    """Run the `qat` stage on a reopened run; returns RUN/student.qat.onnx."""
+    from edgekd.pipeline.stages import qat
+
+    if not (ctx.run / "student.pt").is_file():
+        raise RunDirError(f"{ctx.run.path} has no student.pt: finish the run first (edgekd compress --resume)")
+    e = ctx.cfg.export
+    e.int8, e.int8_qat_epochs, e.int8_qat_lr, e.int8_calib_size = True, epochs, lr, calib_size
+    e.int8_qat_teacher = teacher
+    ctx.cfg.seed = seed
+    if device is not None:
+        ctx.cfg.device = device
+    validate(ctx.cfg)
+    ctx.device = engine.resolve_device(ctx.cfg.device if device is not None else "cpu")
+    if reporter is not None:
+        ctx.reporter = reporter
+    if "ig" in ctx.cfg.method.split("+"):
+        from edgekd.pipeline.stages import ig
+
+        ig.STAGE(ctx)  # its maps (valid: a skip) and their content id, for the overlays
+    qat.STAGE(ctx)
+    return ctx.run / qat.QAT_ONNX
 
 
 def _teacher_run(run_dir: str | Path, device: str | None = None) -> Context:

@@ -7,6 +7,8 @@ from __future__ import annotations
 from edgekd.pipeline.context import Context
 from edgekd.pipeline.rundir import stage_key
 from edgekd.pipeline.stage import Stage
+from edgekd.pipeline.stages import qat
+from edgekd.pipeline.stages.qat import QAT_ONNX
 
 
 class QuantizeStage(Stage):
@@ -21,12 +23,19 @@ class QuantizeStage(Stage):
     def _names(self, ctx: Context) -> list[str]:
         return ["student"] + (["teacher"] if ctx.cfg.export.int8_teacher else [])
 
+    def _source(self, ctx: Context, name: str) -> str:
+        """The FP32 file quantized: after quantization-aware distillation, its fine-tuned copy."""
+        return QAT_ONNX if name == "student" and qat.STAGE.applies(ctx) else f"{name}.onnx"
+
     def key(self, ctx: Context) -> str:
         e = ctx.cfg.export
-        return stage_key("quantize", *[ctx.run.output_hash(f"{n}.onnx") for n in self._names(ctx)],
+        names = self._names(ctx)
+        sources = [ctx.run.output_hash(self._source(ctx, n)) for n in names if self._source(ctx, n) != f"{n}.onnx"]
+        return stage_key("quantize", *[ctx.run.output_hash(f"{n}.onnx") for n in names],
                          e.int8_method, e.int8_calib_size, e.int8_max_drop, e.int8_exclude,
                          ctx.cfg.seed, ctx.data.fingerprint(),
-                         *(["auto_fallback"] if e.int8_auto_fallback else []))
+                         *(["auto_fallback"] if e.int8_auto_fallback else []), *sources,
+                         *(["reduce_range"] if e.int8_reduce_range else []))
 
     def run(self, ctx: Context, key: str) -> None:
         from edgekd.export.quantize import (
@@ -40,15 +49,20 @@ class QuantizeStage(Stage):
         e = ctx.cfg.export
         names = self._names(ctx)
         ctx.reporter.stage("int8", "start", f"{e.int8_method} calibration on {e.int8_calib_size} "
-                           "training images")
+                           "training images" + (f", of {QAT_ONNX}" if qat.STAGE.applies(ctx) else ""))
         calib = write_run_calibset(ctx.run / CALIB_DIR, ctx.data, e.int8_calib_size, ctx.cfg.seed)
         x, y = pixels(ctx.data.test.images), ctx.data.test.labels.numpy()
         info = {}
         for name in names:
-            info[name] = quantize_onnx(ctx.run / f"{name}.onnx", int8_path(ctx.run / f"{name}.onnx"),
-                                       ctx.run / CALIB_DIR, x, y, e.int8_method, e.int8_max_drop,
-                                       e.int8_exclude, auto_fallback=e.int8_auto_fallback)
+            fp32, source = ctx.run / f"{name}.onnx", ctx.run / self._source(ctx, name)
+            info[name] = quantize_onnx(source, int8_path(fp32), ctx.run / CALIB_DIR, x, y,
+                                       e.int8_method, e.int8_max_drop, e.int8_exclude,
+                                       auto_fallback=e.int8_auto_fallback,
+                                       reference=fp32 if source != fp32 else None,
+                                       reduce_range=e.int8_reduce_range)
             info[name]["out_path"] = int8_path(f"{name}.onnx").name
+            if source != fp32:
+                info[name]["quantized_from"], info[name]["accuracy_reference"] = source.name, fp32.name
             info[name]["calibration"]["dir"] = CALIB_DIR
         files = [f"{CALIB_DIR}/calib.json", f"{CALIB_DIR}/images.npy", f"{CALIB_DIR}/labels.npy",
                  *[int8_path(f"{n}.onnx").name for n in names]]
@@ -57,6 +71,8 @@ class QuantizeStage(Stage):
         a = info["student"]["accuracy"]
         ctx.reporter.stage("int8", "done", f"student top-1 {a['fp32_top1']:.2f} % -> {a['int8_top1']:.2f} % "
                            f"(-{a['drop_pp']:.2f} pp, budget {e.int8_max_drop} pp)")
+        if info["student"]["host_kernels"].get("note"):
+            ctx.reporter.stage("int8", "note", info["student"]["host_kernels"]["note"])
 
 
 STAGE = QuantizeStage()

@@ -33,6 +33,25 @@ def _source(ctx: Context) -> str:
     return AUX if d.aux_teacher and d.aux_teaches == "both" else "teacher.pt"
 
 
+def student_objective(ctx: Context, model, source: str = "teacher.pt"):
+    """The run's distillation loss for `model` (the method's terms from `source`, the task
+    loss included; cross-entropy alone when the method uses no teacher) and its batch
+    transform (the IG overlays with `ig`, else None: the standard augmentation)."""
+    cfg = ctx.cfg
+    methods = cfg.method.split("+")
+    ls = cfg.student.train.label_smoothing
+    uses_teacher = any(m in LOSS_TERMS for m in methods)
+    if uses_teacher:
+        teacher = frozen_teacher(ctx, source.removesuffix(".pt"))
+        terms, task_weight = build_terms(methods, cfg, model, teacher, ctx.data.input_size)
+        objective = DistillObjective(teacher, terms, task_weight=task_weight, label_smoothing=ls)
+    else:
+        objective = engine.CrossEntropy(ls)
+    clean = uses_teacher and cfg.distill.teacher_input == "clean"
+    transform = overlay_transform(ctx, clean_for_teacher=clean) if "ig" in methods else None
+    return objective, transform
+
+
 class StudentStage(Stage):
     name = "student"
     outputs = (STUDENT,)
@@ -63,15 +82,7 @@ class StudentStage(Stage):
         model = new_model(ctx, "student")
         if "indistill" in methods:
             model = load_run_model(ctx, WARMUP.removesuffix(".pt"))
-        ls = scfg.train.label_smoothing
-        if uses_teacher:
-            teacher = frozen_teacher(ctx, source.removesuffix(".pt"))
-            terms, task_weight = build_terms(methods, cfg, model, teacher, ctx.data.input_size)
-            objective = DistillObjective(teacher, terms, task_weight=task_weight, label_smoothing=ls)
-        else:
-            objective = engine.CrossEntropy(ls)
-        clean = uses_teacher and cfg.distill.teacher_input == "clean"
-        transform = overlay_transform(ctx, clean_for_teacher=clean) if "ig" in methods else None
+        objective, transform = student_objective(ctx, model, source)
         train_cfg = dataclasses.replace(scfg.train, epochs=plan["distill"])
         result = train_stage(ctx, "student", model, train_cfg, objective, key, transform)
         summary = {"method": cfg.method, "teacher": source, "epoch_plan": plan, **result.summary()}
