@@ -78,7 +78,8 @@ def bench_run(src: Path, work: Path, qat_epochs: int, max_drop: float | None) ->
                                            "auto_fallback": True}),
                          ("ptq_reduce_range", {"reduce_range": True})):
         try:
-            info = quantize_run(run, max_drop=100 if name == "ptq_reduce_range" or name == "qad" else budget,
+            # Plain QAD and 7-bit weights are measured, not gated; the fallbacks chase the budget.
+            info = quantize_run(run, max_drop=100 if name in ("qad", "ptq_reduce_range") else budget,
                                 **kwargs)
             variants[name] = variant(info, run / "student.int8.onnx")
             variants[name]["meets_budget"] = info["accuracy"]["drop_pp"] <= budget

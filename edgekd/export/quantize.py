@@ -24,6 +24,7 @@ from calibration import (
 from edgekd.data import Dataset
 from edgekd.errors import EdgeKDError
 from edgekd.export.onnx import read_contract
+from edgekd.export.targets import runs_tensorrt
 
 CALIB_DIR = "calib"  # RUN/calib/: the name deploy's bundle looks for
 
@@ -149,7 +150,7 @@ def quantize_onnx(
         contract = read_contract(fp32)
         check_contract(calib.meta, contract)
         if for_tensorrt is None:
-            for_tensorrt = str(contract.get("target", "")).startswith("jetson")
+            for_tensorrt = runs_tensorrt(contract.get("target", ""))
         out.parent.mkdir(parents=True, exist_ok=True)
         # The diagnosis runs on test images, as the device will see them (a calibration set
         # that misses their range is exactly what it must show).

@@ -60,6 +60,12 @@ DEFAULT_TARGET = "cpu"
 _IR_FOR_OPSET = {13: 7, 14: 7, 15: 8, 16: 8, 17: 8, 18: 8, 19: 9, 20: 9, 21: 10, 22: 10}
 
 
+def runs_tensorrt(target: str) -> bool:
+    """Whether models exported for `target` are built by TensorRT (Q/DQ placed for its
+    explicit quantization: symmetric activations, FP32 bias)."""
+    return str(target).startswith("jetson")
+
+
 def get_target(name: str) -> Target:
     """The target named `name`, or a one-line error listing the valid ones."""
     try:

@@ -51,7 +51,9 @@ def _teacher(ctx: Context) -> str | None:
 
 def symmetric_activations(ctx: Context) -> bool:
     # As the PTQ places them (edgekd.export.quantize): symmetric for TensorRT's explicit mode.
-    return ctx.cfg.export.target.startswith("jetson")
+    from edgekd.export.targets import runs_tensorrt
+
+    return runs_tensorrt(ctx.cfg.export.target)
 
 
 class QATStage(Stage):

@@ -29,12 +29,11 @@ class QuantizeStage(Stage):
 
     def key(self, ctx: Context) -> str:
         e = ctx.cfg.export
-        names = self._names(ctx)
-        sources = [ctx.run.output_hash(self._source(ctx, n)) for n in names if self._source(ctx, n) != f"{n}.onnx"]
-        return stage_key("quantize", *[ctx.run.output_hash(f"{n}.onnx") for n in names],
+        qat_source = [ctx.run.output_hash(QAT_ONNX)] if qat.STAGE.applies(ctx) else []
+        return stage_key("quantize", *[ctx.run.output_hash(f"{n}.onnx") for n in self._names(ctx)],
                          e.int8_method, e.int8_calib_size, e.int8_max_drop, e.int8_exclude,
                          ctx.cfg.seed, ctx.data.fingerprint(),
-                         *(["auto_fallback"] if e.int8_auto_fallback else []), *sources,
+                         *(["auto_fallback"] if e.int8_auto_fallback else []), *qat_source,
                          *(["reduce_range"] if e.int8_reduce_range else []))
 
     def run(self, ctx: Context, key: str) -> None:
