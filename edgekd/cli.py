@@ -135,8 +135,10 @@ def _default_out(cfg) -> Path:
 @cli.command()
 @click.option("--dataset", default=None, help="digits (default, embedded) | cifar10 | imagefolder:PATH")
 @click.option("--data-dir", default=None, help="Existing copy of the data set (cifar10).")
-@click.option("--teacher", default=None, help="Teacher checkpoint (.pt), or 'train' (default).")
-@click.option("--teacher-arch", default=None, help="Teacher model name (default mbv2_cifar).")
+@click.option("--teacher", default=None, help="Teacher: 'train' (default), a checkpoint or state_dict (.pt), or weights by name (torchvision:resnet18.IMAGENET1K_V1, timm:resnet18.a1_in1k).")
+@click.option("--teacher-arch", default=None, help="Teacher model name (default mbv2_cifar; timm:NAME for timm).")
+@click.option("--teacher-norm", default=None, help="Input normalisation of a state_dict teacher: imagenet | cifar10 | data | MEAN_R,MEAN_G,MEAN_B,STD_R,STD_G,STD_B.")
+@click.option("--teacher-finetune-epochs", type=int, default=None, help="Fine-tune the given teacher on this data first (a new head when the class count differs).")
 @click.option("--student", default=None, help="Student model name (see `edgekd models`).")
 @click.option("--method", default=None, help="Terms joined by +: student | kd, ig, at, pkt, fitnet, indistill (default indistill+kd+ig).")
 @click.option("--epochs", type=int, default=None, help="Student epochs.")
@@ -172,7 +174,7 @@ def _default_out(cfg) -> Path:
 @click.option("--resume", is_flag=True, help="Continue an unfinished run in --out.")
 @click.option("--force", is_flag=True, help="Overwrite the run in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
-def compress(dataset, data_dir, teacher, teacher_arch, student, method, epochs, teacher_epochs,
+def compress(dataset, data_dir, teacher, teacher_arch, teacher_norm, teacher_finetune_epochs, student, method, epochs, teacher_epochs,
              batch_size, lr, kd_alpha, kd_temperature, ig_p, ig_blend, ig_steps, ig_method,
              ig_target, ig_baseline, input_size, train_subset, out, device, seed,
              recipe, config_file, sets, latency_budget, speedup, budget_batch, budget_percentile,
@@ -182,11 +184,17 @@ def compress(dataset, data_dir, teacher, teacher_arch, student, method, epochs, 
     from edgekd.pipeline.compress import compress as run_compress
 
     checkpoint = None if teacher in (None, "train") else teacher
-    if checkpoint and not teacher_arch and Path(checkpoint).is_file():
-        from edgekd.train.checkpoint import peek_arch
+    if checkpoint and not teacher_arch:
+        from edgekd.models.pretrained import is_pretrained_spec, pretrained_info
 
-        teacher_arch = peek_arch(checkpoint)  # a checkpoint says what it is
+        if is_pretrained_spec(checkpoint):  # named weights say what they are
+            teacher_arch = pretrained_info(checkpoint).arch
+        elif Path(checkpoint).is_file():
+            from edgekd.train.checkpoint import peek_arch
+
+            teacher_arch = peek_arch(checkpoint)  # a checkpoint says what it is
     overrides = {
+        "teacher.norm": teacher_norm, "teacher.finetune_epochs": teacher_finetune_epochs,
         "data.data_dir": data_dir, "teacher.checkpoint": checkpoint, "teacher.arch": teacher_arch,
         "student.arch": student, "method": method, "student.train.epochs": epochs,
         "teacher.train.epochs": teacher_epochs, "student.train.batch_size": batch_size,

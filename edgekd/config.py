@@ -32,6 +32,9 @@ class DataConfig:
     subset_seed: int | None = None  # which stratified subset (None: split_seed); Monte Carlo runs vary it
     crop_padding: int | None = None  # None: input_size // 8 (4 px at 32x32, as the papers)
     hflip: bool | None = None  # None: the data set's default (off for digits)
+    storage: str = "auto"  # auto | memory | disk: decoded pixels in RAM, or read per batch
+    # from an on-disk cache (auto: disk above 2 GiB of pixels; README: Your own data)
+    skip_bad_images: bool = False  # leave unreadable images out (listed in data.json)
 
 
 @dataclass
@@ -53,14 +56,20 @@ class TrainConfig:
 class TeacherConfig:
     arch: str = "mbv2_cifar"
     checkpoint: str | None = None  # None: train the teacher in this run
-    norm: str = "data"  # input normalisation of a new model: data | cifar10 | imagenet | none
+    # Input normalisation: data | cifar10 | imagenet | none | six numbers MEAN_RGB,STD_RGB.
+    # None: a teacher trained here uses the data's statistics, pretrained weights their own
+    # metadata, an edgekd checkpoint what it carries; a bare state_dict is refused without
+    # one, since a wrong guess silently costs accuracy (README: Your own teacher).
+    norm: str | None = None
+    finetune_epochs: int = 0  # fine-tune a given teacher on the run's data first (new head)
+    finetune_lr: float | None = None  # None: a tenth of teacher.train.lr
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
 @dataclass
 class StudentConfig:
     arch: str | None = "mbv2_cifar_trunc5"  # None: chosen by the latency budget (`budget`)
-    norm: str = "data"  # the papers' code fed the student raw pixels (`none`)
+    norm: str = "data"  # as teacher.norm; the papers' code fed the student raw pixels (`none`)
     # train.epochs counts every student epoch: with indistill the warm-up's come out of it
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -199,6 +208,26 @@ class RunConfig:
 NORMS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),  # PAPERS.md
          "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
          "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))}
+
+
+def parse_norm(value: str | None, what: str = "--teacher-norm"):
+    """None | 'data' | (mean, std) from a norm setting; one line naming the fix otherwise."""
+    if value is None or value == "data":
+        return value
+    if value in NORMS:
+        return NORMS[value]
+    try:
+        nums = [float(v) for v in str(value).split(",")]
+    except ValueError:
+        nums = []
+    if len(nums) != 6 or any(v <= 0 for v in nums[3:]) or any(v != v for v in nums):
+        raise EdgeKDError(
+            f"{what} {value!r}: use data, {', '.join(NORMS)} or six numbers MEAN_R,MEAN_G,MEAN_B,"
+            "STD_R,STD_G,STD_B in [0, 1] units with positive stds (imagenet is "
+            "0.485,0.456,0.406,0.229,0.224,0.225)")
+    return tuple(nums[:3]), tuple(nums[3:])
+
+
 AUX_METHODS = ("kd", "pkt")
 AUX_TEACHES = ("both", "warmup")
 TEACHER_INPUTS = ("overlaid", "clean")
@@ -329,7 +358,7 @@ def apply_override(cfg: RunConfig, dotted: str, value: Any) -> None:
 def validate(cfg: RunConfig) -> None:
     """Reject impossible settings with a message naming the fix."""
     from edgekd.data.dataset import parse_dataset_spec
-    from edgekd.models.registry import is_known, list_models
+    from edgekd.models.registry import check_name
 
     parse_dataset_spec(cfg.data.dataset)
     _validate_budget(cfg)
@@ -342,11 +371,7 @@ def validate(cfg: RunConfig) -> None:
                               "--latency-budget / --speedup that chooses one")
         if arch is None:
             raise EdgeKDError("no teacher architecture: pass --teacher-arch NAME (see `edgekd models`)")
-        if not is_known(arch):
-            raise EdgeKDError(
-                f"unknown {role} model {arch!r}: use one of {', '.join(list_models())} or a "
-                "torchvision model name (see `edgekd models`)"
-            )
+        check_name(arch, f"{role} model")
     methods = cfg.method.split("+")
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
@@ -362,8 +387,8 @@ def validate(cfg: RunConfig) -> None:
         raise EdgeKDError("bench.enabled needs export.enabled (latency is measured on the ONNX files)")
     _validate_export(cfg.export)
     d = cfg.distill
-    if d.aux_teacher is not None and not is_known(d.aux_teacher):
-        raise EdgeKDError(f"unknown auxiliary teacher {d.aux_teacher!r}: see `edgekd models`")
+    if d.aux_teacher is not None:
+        check_name(d.aux_teacher, "auxiliary teacher")
     if d.aux_teacher is not None and "indistill" not in methods:
         raise EdgeKDError("distill.aux_teacher is used by the InDistill warm-up: add indistill to the method")
     if d.indistill_a < 0 or d.indistill_b < 0 or d.indistill_a + d.indistill_b < 1:
@@ -375,9 +400,12 @@ def validate(cfg: RunConfig) -> None:
         if value not in allowed:
             raise EdgeKDError(f"distill.{key} {value!r}: use one of {', '.join(allowed)}")
     for role in ("teacher", "student"):
-        norm = getattr(cfg, role).norm
-        if norm != "data" and norm not in NORMS:
-            raise EdgeKDError(f"{role}.norm {norm!r}: use data, {', '.join(NORMS)}")
+        parse_norm(getattr(cfg, role).norm, f"{role}.norm")
+    if cfg.teacher.finetune_epochs < 0 or (cfg.teacher.finetune_lr is not None and cfg.teacher.finetune_lr <= 0):
+        raise EdgeKDError("teacher.finetune_epochs must be >= 0 and teacher.finetune_lr > 0")
+    if cfg.teacher.finetune_epochs and not cfg.teacher.checkpoint:
+        raise EdgeKDError("--teacher-finetune-epochs fine-tunes a given teacher: pass --teacher "
+                          "FILE or pretrained weights (e.g. torchvision:resnet18.IMAGENET1K_V1)")
     _recipe(cfg.recipe)
     if d.indistill_max_layers < 1 or d.indistill_lr <= 0:
         raise EdgeKDError("distill.indistill_max_layers must be >= 1 and distill.indistill_lr > 0")

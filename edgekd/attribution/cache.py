@@ -42,10 +42,13 @@ class StaleCacheError(CacheError):
     """An IG cache made by another teacher, data set or settings than requested."""
 
 
-def dataset_identity(name: str, classes: list[str], images: torch.Tensor, labels: torch.Tensor) -> dict:
-    """Fingerprint of a split as the maps see it: size, classes, content and index order."""
-    flat = images.reshape(len(images), -1).numpy()
-    digests = [hashlib.sha256(row.tobytes()).digest() for row in flat]
+def dataset_identity(name: str, classes: list[str], images, labels: torch.Tensor) -> dict:
+    """Fingerprint of a split as the maps see it: size, classes, content and index order
+    (`images`: a uint8 tensor or an on-disk store, read in chunks)."""
+    digests = []
+    for a in range(0, len(images), 1024):
+        flat = images[a : a + 1024].reshape(-1, int(np.prod(images.shape[1:]))).numpy()
+        digests += [hashlib.sha256(row.tobytes()).digest() for row in flat]
     return {
         "name": name,
         "classes": list(classes),

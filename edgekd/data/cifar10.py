@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from edgekd.data.cache import cache_dir
-from edgekd.data.dataset import Dataset, Split, resize_uint8, stratified_split
+from edgekd.data.dataset import Dataset, Split, resize_uint8, stratified_split, use_disk
+from edgekd.data.store import StoreWriter, open_store
 from edgekd.errors import DataError
 
 # The papers' teacher normalisation (PAPERS.md): kept so a paper teacher checkpoint fits.
@@ -22,6 +23,7 @@ def load_cifar10(
     val_fraction: float,
     split_seed: int,
     download: bool,
+    storage: str = "auto",
 ) -> Dataset:
     """CIFAR-10 train (minus a stratified val split) and test, from `data_dir` or a download."""
     from torchvision.datasets import CIFAR10
@@ -46,11 +48,24 @@ def load_cifar10(
                 "cifar-10-batches-py)"
             ) from None
 
-    def to_split(ds) -> Split:
-        images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
-        return Split(resize_uint8(images, input_size), torch.tensor(ds.targets, dtype=torch.long))
+    disk = use_disk(storage, (len(train_ds) + len(test_ds)) * 3 * input_size * input_size)
 
-    full_train, test = to_split(train_ds), to_split(test_ds)
+    def to_split(ds, name: str) -> Split:
+        images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
+        labels = torch.tensor(ds.targets, dtype=torch.long)
+        if not disk:
+            return Split(resize_uint8(images, input_size), labels)
+        # Resized a chunk at a time into an on-disk store: 50k images at 224 px are 7.5 GB.
+        folder = cache_dir("cifar10-store", f"{name}-{input_size}")
+        store = open_store(folder)
+        if store is None or store.manifest.get("source") != str(root.resolve()):
+            w = StoreWriter(folder, len(images), (3, input_size, input_size), {"source": str(root.resolve())})
+            for a in range(w.done, len(images), 1024):
+                w.write(a, resize_uint8(images[a : a + 1024], input_size).numpy())
+            store = w.finish()
+        return Split(store, labels)
+
+    full_train, test = to_split(train_ds, "train"), to_split(test_ds, "test")
     train_idx, val_idx = stratified_split(full_train.labels.numpy(), val_fraction, split_seed)
     return Dataset(
         name="cifar10",

@@ -1,8 +1,10 @@
 """The `Dataset` every stage consumes, and `load_dataset(spec)` that builds it.
 
-Images are held as uint8 tensors (N, 3, H, W) at the model's input size: small data sets
-(digits, CIFAR-10) fit in memory many times over, batches are sliced without a DataLoader,
-and augmentation runs batched on tensors (see `edgekd.data.augment`).
+Images are uint8 (N, 3, H, W) at the model's input size, held either in memory (a tensor:
+small sets such as digits and CIFAR-10 at 32 px, sliced without a DataLoader) or on disk (an
+`ImageStore`, decoded once and read per batch through a DataLoader: sets larger than memory).
+Both index the same way; `storage="auto"` picks memory up to `MEMORY_LIMIT` bytes of pixels.
+Augmentation runs batched on tensors (see `edgekd.data.augment`).
 """
 
 from __future__ import annotations
@@ -15,14 +17,24 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
+from edgekd.data.store import ImageStore
 from edgekd.errors import DataError
 
 DATASETS = ("digits", "cifar10", "imagefolder:PATH")
+STORAGES = ("auto", "memory", "disk")
+MEMORY_LIMIT = 2 << 30  # bytes of decoded pixels (all splits) kept in memory by `auto`
+
+
+def use_disk(storage: str, nbytes: int) -> bool:
+    """Whether a data set of `nbytes` decoded pixels is read from disk."""
+    if storage not in STORAGES:
+        raise DataError(f"data storage {storage!r}: use one of {', '.join(STORAGES)}")
+    return storage == "disk" or (storage == "auto" and nbytes > MEMORY_LIMIT)
 
 
 @dataclass
 class Split:
-    images: torch.Tensor  # uint8 (N, 3, H, W)
+    images: torch.Tensor | ImageStore  # uint8 (N, 3, H, W)
     labels: torch.Tensor  # int64 (N,)
 
     def __len__(self) -> int:
@@ -30,7 +42,14 @@ class Split:
 
     def subset(self, indices) -> Split:
         idx = torch.as_tensor(indices, dtype=torch.long)
+        if isinstance(self.images, ImageStore):
+            return Split(self.images.subset(idx), self.labels[idx])
         return Split(self.images[idx], self.labels[idx])
+
+    def chunks(self, size: int = 512):
+        """(start, uint8 tensor) of consecutive rows, bounded memory on both storages."""
+        for a in range(0, len(self), size):
+            yield a, self.images[a : a + size]
 
 
 @dataclass
@@ -60,7 +79,7 @@ class Dataset:
         h.update(repr((self.name, self.classes, self.mean, self.std)).encode())
         for split in (self.train, self.val, self.test):
             h.update(repr(tuple(split.images.shape)).encode())
-            h.update(split.images.numpy().tobytes())
+            h.update(pixel_digest(split.images).encode())
             h.update(split.labels.numpy().tobytes())
         return h.hexdigest()
 
@@ -74,9 +93,17 @@ class Dataset:
             "sizes": {"train": len(self.train), "val": len(self.val), "test": len(self.test)},
             "normalization": {"mean": list(self.mean), "std": list(self.std)},
             "hflip": self.hflip,
+            "storage": "disk" if isinstance(self.train.images, ImageStore) else "memory",
             "fingerprint": self.fingerprint(),
             **self.extra,
         }
+
+
+def pixel_digest(images: torch.Tensor | ImageStore) -> str:
+    """sha256 of uint8 pixels in order: the same for a tensor and a store of the same images."""
+    if isinstance(images, ImageStore):
+        return images.digest
+    return hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()
 
 
 def parse_dataset_spec(spec: str) -> tuple[str, str | None]:
@@ -95,8 +122,14 @@ def load_dataset(
     val_fraction: float = 0.1,
     split_seed: int = 0,
     download: bool = True,
+    storage: str = "auto",
+    skip_bad_images: bool = False,
+    progress=None,
 ) -> Dataset:
-    """Load a data set by spec, resized to `input_size`, with deterministic stratified splits."""
+    """Load a data set by spec, resized to `input_size`, with deterministic stratified splits,
+    in memory or on disk (`storage`: auto | memory | disk). `progress(done, total, what)` is
+    called while images are decoded."""
+    use_disk(storage, 0)  # checks the name
     kind, path = parse_dataset_spec(spec)
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val fraction must be in [0, 1), got {val_fraction}")
@@ -107,10 +140,11 @@ def load_dataset(
     if kind == "cifar10":
         from edgekd.data.cifar10 import load_cifar10
 
-        return load_cifar10(data_dir, input_size, val_fraction, split_seed, download)
+        return load_cifar10(data_dir, input_size, val_fraction, split_seed, download, storage)
     from edgekd.data.imagefolder import load_imagefolder
 
-    return load_imagefolder(path, input_size, val_fraction, split_seed)
+    return load_imagefolder(path, input_size, val_fraction, split_seed, storage, skip_bad_images,
+                            progress)
 
 
 def stratified_split(
@@ -124,11 +158,19 @@ def stratified_split(
     return np.sort(keep), np.sort(held)
 
 
-def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and sd of uint8 images, in [0, 1] units, rounded for readability."""
-    x = images.to(torch.float64) / 255.0
-    mean = x.mean(dim=(0, 2, 3))
-    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+def channel_stats(images: torch.Tensor | ImageStore) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and sd of uint8 images, in [0, 1] units, rounded for readability
+    (summed in chunks: bounded memory for a store)."""
+    s1 = torch.zeros(3, dtype=torch.float64)
+    s2 = torch.zeros(3, dtype=torch.float64)
+    for a in range(0, len(images), 512):
+        x = images[a : a + 512].to(torch.float64) / 255.0
+        s1 += x.sum(dim=(0, 2, 3))
+        s2 += (x * x).sum(dim=(0, 2, 3))
+    count = max(1, len(images) * images.shape[-1] * images.shape[-2])
+    mean = s1 / count
+    var = (s2 - count * mean * mean) / max(1, count - 1)
+    std = var.clamp_min(0).sqrt().clamp_min(1e-3)
     return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
 
 

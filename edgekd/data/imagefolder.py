@@ -1,24 +1,29 @@
 """`imagefolder:PATH`: PATH/train/<class>/*, PATH/test/<class>/* and optionally PATH/val/<class>/*.
 
-Images of any size are decoded once, resized (shorter side, then centre crop) to the model's
-input size and cached as uint8 arrays keyed by the folder's file list, sizes and mtimes.
+Images of any size and mode are decoded once, resized as torchvision's Resize + CenterCrop
+do to the model's input size and cached on disk (`edgekd.data.store`) keyed by the folder's
+file list, sizes and mtimes; small sets are then read into memory, large ones stay on disk.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from torchvision.transforms.v2 import functional as TF
 
 from edgekd.data.cache import cache_dir
-from edgekd.data.dataset import Dataset, Split, channel_stats, stratified_split
+from edgekd.data.dataset import Dataset, Split, channel_stats, stratified_split, use_disk
+from edgekd.data.store import ImageStore, StoreWriter, open_store
 from edgekd.errors import DataError
-from edgekd.io import atomic_path
+from edgekd.io import write_json
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 
@@ -34,47 +39,95 @@ def _scan(split_dir: Path) -> dict[str, list[Path]]:
     }
 
 
+def _rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode as 8-bit RGB: 16-bit and 32-bit grey scaled down (not clipped), palette
+    and alpha images flattened, grey replicated."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        a = np.asarray(im, dtype=np.float64)
+        peak = 65535.0 if im.mode != "I" or a.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(np.rint(a * (255.0 / peak)), 0, 255).astype(np.uint8), "L")
+    elif im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        im = Image.fromarray(np.clip(np.rint(a * 255.0 if a.max() <= 1.0 else a), 0, 255).astype(np.uint8), "L")
+    elif im.mode in ("P", "PA", "LA"):
+        im = im.convert("RGBA")
+    return im.convert("RGB")
+
+
 def _decode(path: Path, size: int) -> np.ndarray:
+    """torchvision's Resize(size) + CenterCrop(size) on the RGB image, as uint8 (3, size, size):
+    the preprocessing a plain torchvision evaluation uses, so accuracies agree exactly."""
+    with Image.open(path) as im:
+        im.load()
+        im = TF.center_crop(TF.resize(_rgb(im), [size], interpolation=TF.InterpolationMode.BILINEAR,
+                                      antialias=True), [size])
+        return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def _try_decode(path: Path, size: int) -> np.ndarray | str:
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            w, h = im.size
-            scale = size / min(w, h)
-            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-            if (nw, nh) != (w, h):
-                im = im.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
-            left, top = (nw - size) // 2, (nh - size) // 2
-            im = im.crop((left, top, left + size, top + size))
-            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"cannot read image {path} ({e}): remove or replace the file") from None
+        return _decode(path, size)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        return f"{type(e).__name__}: {e}"
 
 
-def _load_split(files: dict[str, list[Path]], classes: list[str], size: int) -> Split:
+Progress = Callable[[int, int, str], None]  # (images done, total, which split)
+
+
+def _build_store(folder: Path, paths: list[Path], labels: list[int], size: int, what: str,
+                 progress: Progress | None) -> None:
+    writer = StoreWriter(folder, len(paths), (3, size, size), {"labels": labels})
+    bad_file = folder / "bad.json"
+    bad = json.loads(bad_file.read_text()) if writer.done and bad_file.is_file() else []
+    zero = np.zeros((3, size, size), np.uint8)
+    chunk = 256
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for a in range(writer.done, len(paths), chunk):
+            out = list(pool.map(lambda p: _try_decode(p, size), paths[a : a + chunk]))
+            for k, r in enumerate(out):
+                if isinstance(r, str):
+                    bad.append({"index": a + k, "file": str(paths[a + k]), "error": r[:200]})
+                    out[k] = zero
+            write_json(bad_file, bad)  # before the rows it describes are recorded as done
+            writer.write(a, np.stack(out))
+            if progress is not None:
+                progress(writer.done, len(paths), what)
+    writer.finish()
+
+
+def _load_split(files: dict[str, list[Path]], classes: list[str], size: int, storage: str,
+                skip_bad: bool, what: str, progress: Progress | None) -> tuple[Split, list[dict]]:
+    """A split decoded once into an on-disk store (keyed by its files, sizes and mtimes),
+    then read into memory or from disk. Unreadable images: refused naming the file, or left
+    out (`skip_bad`) and returned."""
     paths = [p for c in classes for p in files.get(c, [])]
     labels = [i for i, c in enumerate(classes) for _ in files.get(c, [])]
-    key = hashlib.sha256(repr(size).encode())
+    key = hashlib.sha256(repr(("v2", size)).encode())
     for p in paths:
         st = p.stat()
         key.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    cache_file = cache_dir("imagefolder") / f"{key.hexdigest()[:32]}.npz"
-    if cache_file.exists():
-        try:
-            with np.load(cache_file) as z:
-                return Split(torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]))
-        except Exception:  # a corrupt cache is rebuilt, never trusted
-            cache_file.unlink(missing_ok=True)
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        arrays = list(pool.map(lambda p: _decode(p, size), paths, chunksize=64))
-    images = np.stack(arrays) if arrays else np.zeros((0, 3, size, size), np.uint8)
-    label_arr = np.asarray(labels, dtype=np.int64)
-    with atomic_path(cache_file) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, images=images, labels=label_arr)
-    return Split(torch.from_numpy(images), torch.from_numpy(label_arr))
+    folder = cache_dir("imagefolder") / key.hexdigest()[:32]
+    store = open_store(folder)
+    if store is None:
+        _build_store(folder, paths, labels, size, what, progress)
+        store = ImageStore(folder)
+    bad = json.loads((folder / "bad.json").read_text()) if (folder / "bad.json").is_file() else []
+    if bad and not skip_bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise DataError(f"cannot read image {bad[0]['file']} ({bad[0]['error']}){more}: remove or "
+                        "replace it, or pass --skip-bad-images")
+    keep = np.setdiff1d(np.arange(len(paths)), [b["index"] for b in bad])
+    label_t = torch.as_tensor(store.manifest["labels"], dtype=torch.long)
+    images: torch.Tensor | ImageStore = store
+    if not use_disk(storage, len(paths) * 3 * size * size):
+        images = store[:]
+    split = Split(images, label_t)
+    return (split.subset(keep) if bad else split), [{"file": b["file"], "error": b["error"]} for b in bad]
 
 
-def load_imagefolder(path: str, input_size: int, val_fraction: float, split_seed: int) -> Dataset:
+def load_imagefolder(path: str, input_size: int, val_fraction: float, split_seed: int,
+                     storage: str = "auto", skip_bad_images: bool = False,
+                     progress: Progress | None = None) -> Dataset:
     root = Path(path).expanduser()
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist: pass imagefolder:PATH with an existing folder")
@@ -103,14 +156,16 @@ def load_imagefolder(path: str, input_size: int, val_fraction: float, split_seed
     if len(classes) < 2:
         raise DataError(f"{train_dir} has one class: a classifier needs at least two class folders")
 
-    full_train = _load_split(train_files, classes, input_size)
-    test = _load_split(test_files, classes, input_size)
+    full_train, bad_train = _load_split(train_files, classes, input_size, storage, skip_bad_images, "train", progress)
+    test, bad_test = _load_split(test_files, classes, input_size, storage, skip_bad_images, "test", progress)
+    skipped = bad_train + bad_test
     if val_dir.is_dir():
         val_files = _scan(val_dir)
         unknown = sorted(set(val_files) - set(classes))
         if unknown:
             raise DataError(f"{val_dir} has classes not in train: {unknown}: rename or remove them")
-        train, val = full_train, _load_split(val_files, classes, input_size)
+        val, bad_val = _load_split(val_files, classes, input_size, storage, skip_bad_images, "val", progress)
+        train, skipped = full_train, skipped + bad_val
         val_source = "val/"
     else:
         counts = np.bincount(full_train.labels.numpy(), minlength=len(classes))
@@ -129,5 +184,7 @@ def load_imagefolder(path: str, input_size: int, val_fraction: float, split_seed
         std=std,
         hflip=True,
         source=str(root),
-        extra={"split_seed": split_seed, "val_source": val_source},
+        extra={"split_seed": split_seed, "val_source": val_source,
+               "preprocessing": f"torchvision Resize({input_size}) + CenterCrop({input_size}), RGB",
+               **({"skipped_images": skipped} if skip_bad_images else {})},
     )

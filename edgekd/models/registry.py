@@ -7,6 +7,7 @@ export has them folded into the graph, so a device feeds raw pixels.
 
 from __future__ import annotations
 
+import difflib
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -95,33 +96,82 @@ for _depth in resnet.DEPTHS:
         )
 
 
+TIMM = "timm:"  # prefix of a timm model name (pip install 'edgekd[timm]')
+
+
 @functools.cache
 def _torchvision_names() -> frozenset[str]:
     return frozenset(torchvision.models.list_models(module=torchvision.models))
 
 
+def timm_module():
+    """timm, imported on first use: it is an optional extra."""
+    try:
+        import timm
+    except ImportError:
+        raise ModelError("timm models need timm: pip install 'edgekd[timm]'") from None
+    return timm
+
+
+@functools.cache
+def _timm_names() -> frozenset[str]:
+    return frozenset(timm_module().list_models())
+
+
+def is_timm(name: str) -> bool:
+    return name.startswith(TIMM)
+
+
 def is_known(name: str) -> bool:
+    if is_timm(name):
+        return name[len(TIMM):] in _timm_names()
     return name in _REGISTRY or name in _torchvision_names()
 
 
+def close_names(name: str, limit: int = 3) -> list[str]:
+    """Known model names that look like `name` (for 'did you mean')."""
+    if is_timm(name):
+        pool = sorted(_timm_names())
+        return [TIMM + n for n in difflib.get_close_matches(name[len(TIMM):], pool, limit, 0.6)]
+    return difflib.get_close_matches(name, [*_REGISTRY, *sorted(_torchvision_names())], limit, 0.6)
+
+
 def default_input_size(name: str) -> int:
-    _check_name(name)
+    check_name(name)
     entry = _REGISTRY.get(name)
-    return entry.input_size if entry else 224
+    if entry:
+        return entry.input_size
+    if is_timm(name):
+        cfg = timm_module().get_pretrained_cfg(name[len(TIMM):])
+        return int(cfg.input_size[-1]) if cfg is not None else 224
+    return 224
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str, what: str = "model") -> None:
+    """Raise ModelError for an unknown name, suggesting close known ones."""
     if not is_known(name):
-        builtin = ", ".join(_REGISTRY)
+        close = close_names(name)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
         raise ModelError(
-            f"unknown model {name!r}: use one of {builtin}, or a torchvision classification "
-            "model name such as resnet18 (see `edgekd models`)"
+            f"unknown {what} {name!r}: {hint}use a built-in name (`edgekd models`), a torchvision "
+            "classification model such as resnet18, or timm:NAME such as timm:resnet18"
         )
 
 
 def list_models() -> list[str]:
     """The built-in families (torchvision classification models are accepted by name too)."""
     return list(_REGISTRY)
+
+
+def create_body(name: str, num_classes: int) -> nn.Module:
+    """The network alone, randomly initialised."""
+    check_name(name)
+    entry = _REGISTRY.get(name)
+    if entry is not None:
+        return entry.build(num_classes)
+    if is_timm(name):
+        return timm_module().create_model(name[len(TIMM):], pretrained=False, num_classes=num_classes)
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
 
 
 def create_model(
@@ -131,13 +181,7 @@ def create_model(
     std: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> Classifier:
     """Build a randomly initialised model wrapped with its input normalisation."""
-    _check_name(name)
-    entry = _REGISTRY.get(name)
-    if entry is not None:
-        body = entry.build(num_classes)
-    else:
-        body = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-    return Classifier(body, mean, std)
+    return Classifier(create_body(name, num_classes), mean, std)
 
 
 @functools.cache
@@ -186,7 +230,7 @@ def describe(
     teacher: str | None = "mbv2_cifar",
 ) -> ModelInfo:
     """Params (trainable), MACs at the input size, and compression factor vs `teacher`."""
-    _check_name(name)
+    check_name(name)
     entry = _REGISTRY.get(name)
     size = input_size or default_input_size(name)
     model = create_model(name, num_classes)
@@ -196,12 +240,13 @@ def describe(
         cf = round(_params(teacher, num_classes) / params, 2)
     return ModelInfo(
         name=name,
-        family=entry.family if entry else "torchvision",
+        family=entry.family if entry else ("timm" if is_timm(name) else "torchvision"),
         params=params,
         macs=count_macs(model, size),
         input_size=size,
         compression_factor=cf,
-        description=entry.description if entry else f"torchvision.models.{name}",
+        description=entry.description if entry else (
+            f"timm {name[len(TIMM):]}" if is_timm(name) else f"torchvision.models.{name}"),
     )
 
 

@@ -1,5 +1,6 @@
 """`edgekd compress`: the ordered list of stages (edgekd.pipeline.stages) run on one run
-directory: data -> student selection by latency budget -> teacher -> IG maps -> auxiliary
+directory: data -> student selection by latency budget -> teacher fine-tuning ->
+teacher -> IG maps -> auxiliary
 teacher -> warm-up -> student -> quantization-aware distillation -> ONNX export -> INT8 ->
 latency -> the budget's final check -> report.
 
@@ -26,6 +27,7 @@ from edgekd.pipeline.stages import (
     budget,
     data,
     export,
+    finetune,
     ig,
     qat,
     quantize,
@@ -39,7 +41,7 @@ from edgekd.train import engine
 
 # Training stages run on every rank (torchrun splits each batch); the finishing stages and
 # the report run on rank 0 alone.
-TRAINING = (data.STAGE, select.STAGE, teacher.STAGE, ig.STAGE, aux.STAGE, warmup.STAGE, student.STAGE,
+TRAINING = (data.STAGE, select.STAGE, finetune.STAGE, teacher.STAGE, ig.STAGE, aux.STAGE, warmup.STAGE, student.STAGE,
             qat.STAGE)
 FINISHING = (export.STAGE, quantize.STAGE, bench.STAGE, budget.STAGE)
 STAGES = TRAINING + FINISHING
@@ -60,7 +62,7 @@ def compress(
     # Everything that can fail on user input is checked before the run directory is touched.
     reporter.stage("data", "start", cfg.data.dataset)
     run = RunDir(out)
-    ctx = Context(cfg, run, device, reporter, data=prepare_data(cfg))
+    ctx = Context(cfg, run, device, reporter, data=prepare_data(cfg, reporter))
     # The selection's check measures on the target: it goes last, after the cheap ones.
     for stage in sorted(STAGES, key=lambda st: st is select.STAGE):
         if stage.applies(ctx):

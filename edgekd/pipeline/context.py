@@ -10,7 +10,7 @@ from typing import Protocol
 import torch
 
 from edgekd import distributed
-from edgekd.config import NORMS, RunConfig
+from edgekd.config import RunConfig, parse_norm
 from edgekd.data import Dataset
 from edgekd.data.augment import AugmentSettings
 from edgekd.errors import EdgeKDError
@@ -78,8 +78,8 @@ def augment_settings(ctx: Context) -> AugmentSettings:
 
 def input_norm(ctx: Context, role: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) a new model of `role` normalises its raw [0, 1] input with."""
-    norm = getattr(ctx.cfg, role).norm
-    return (ctx.data.mean, ctx.data.std) if norm == "data" else NORMS[norm]
+    norm = parse_norm(getattr(ctx.cfg, role).norm)
+    return (ctx.data.mean, ctx.data.std) if norm in (None, "data") else norm
 
 
 def new_model(ctx: Context, role: str) -> Classifier:

@@ -17,6 +17,7 @@ from torch import nn
 from edgekd import __version__
 from edgekd.errors import ModelError
 from edgekd.io import atomic_path
+from edgekd.models.fit import check_fit, file_classes, replace_head
 from edgekd.models.registry import Classifier, create_model
 
 FORMAT = "edgekd.model"
@@ -32,6 +33,18 @@ def load(path: str | Path, what: str = "checkpoint") -> Any:
     p = Path(path)
     if not p.is_file():
         raise ModelError(f"{what} {p} not found: check the path")
+    exported = p.suffix == ".pt2"
+    if not exported and zipfile.is_zipfile(p):
+        with zipfile.ZipFile(p) as z:
+            exported = any(n.endswith(("/archive_format", "serialized_exported_program.json"))
+                           for n in z.namelist())
+    if exported:
+            # torch.export.load reads a PT2 archive's weights and constants with
+            # torch.load(weights_only=False) and pickle.loads (torch 2.14; README: Checkpoints).
+        raise ModelError(
+            f"{what} {p} is a torch.export program, refused: torch.export.load unpickles "
+            "its weights and constants, so loading it could run code; save the model's "
+            "state_dict and pass --teacher-arch and --teacher-norm")
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
@@ -69,10 +82,14 @@ def save_model(model: Classifier, path: str | Path, arch: str, classes: list[str
 
 
 def load_model(path: str | Path, arch: str | None = None, num_classes: int | None = None,
-               what: str = "checkpoint") -> tuple[Classifier, dict]:
-    """Load an edgekd checkpoint (or a bare state_dict when `arch` is given).
+               what: str = "checkpoint", norm: tuple | None = None,
+               new_head: bool = False) -> tuple[Classifier, dict]:
+    """Load an edgekd checkpoint, or a bare state_dict when `arch` and `norm` (its input
+    (mean, std)) are given.
 
-    Raises ModelError when the file is another architecture or class count than required.
+    Raises ModelError when the file is another architecture or class count than required;
+    with `new_head`, a class count that differs in the head alone gives the model a new,
+    untrained head of `num_classes` (for fine-tuning).
     """
     obj = load(path, what)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
@@ -83,25 +100,38 @@ def load_model(path: str | Path, arch: str | None = None, num_classes: int | Non
                 f"{what} {path} holds a {meta['arch']}, not a {arch}: pass a matching checkpoint "
                 f"or select arch {meta['arch']}"
             )
-        if num_classes is not None and meta["num_classes"] != num_classes:
+        if num_classes is not None and meta["num_classes"] != num_classes and not new_head:
             raise ModelError(
                 f"{what} {path} has {meta['num_classes']} classes but the data set has "
-                f"{num_classes}: use a checkpoint trained on this data set (or train one)"
+                f"{num_classes}: use a checkpoint trained on this data set, or fine-tune it "
+                "(--teacher-finetune-epochs N)"
             )
         model = create_model(meta["arch"], meta["num_classes"], meta["mean"], meta["std"])
-    elif isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        _load_state(model, state, path, meta["arch"], what)
+    elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         if arch is None or num_classes is None:
-            raise ModelError(f"{what} {path} is a bare state_dict: say which architecture it is")
-        state, meta = obj, {"arch": arch, "num_classes": num_classes}
-        model = create_model(arch, num_classes)
+            raise ModelError(f"{what} {path} is a bare state_dict: say which architecture it is "
+                             "(--teacher-arch)")
+        if norm is None and {"mean", "std"} <= obj.keys():  # an edgekd model's own state_dict
+            norm = (obj["mean"].flatten().tolist(), obj["std"].flatten().tolist())
+        if norm is None:
+            raise ModelError(
+                f"{what} {path} is a bare state_dict, which does not say how its inputs were "
+                "normalised: pass --teacher-norm imagenet|cifar10|data|MEAN,STD (the mean/std "
+                "it was trained with)")
         # A bare state_dict of the network alone (no normalisation buffers) fits `body`.
-        if not any(k.startswith("body.") for k in state):
-            state = {f"body.{k}": v for k, v in state.items()}
-            state.setdefault("mean", model.mean)
-            state.setdefault("std", model.std)
+        body = {k[len("body."):]: v for k, v in obj.items() if k.startswith("body.")} or obj
+        n = file_classes(body, arch, num_classes) if new_head else None
+        check_fit(body, arch, n or num_classes, f"{what} {path}")
+        meta = {"arch": arch, "num_classes": n or num_classes}
+        model = create_model(arch, n or num_classes, *norm)
+        _load_state(model.body, body, path, arch, what)
     else:
-        raise ModelError(f"{what} {path} is not a model checkpoint: pass a file saved by edgekd")
-    _load_state(model, state, path, meta.get("arch", arch), what)
+        raise ModelError(f"{what} {path} is not a model checkpoint: pass a file saved by edgekd "
+                         "or a state_dict (torch.save(model.state_dict(), ...))")
+    if new_head and num_classes is not None and meta["num_classes"] != num_classes:
+        replace_head(model.body, num_classes)
+        meta = {**meta, "pretrained_classes": meta["num_classes"], "num_classes": num_classes}
     return model, meta
 
 

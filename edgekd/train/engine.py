@@ -24,6 +24,7 @@ from edgekd import distributed
 from edgekd.config import TrainConfig
 from edgekd.data.augment import AugmentSettings, random_crop_flip
 from edgekd.data.dataset import Split
+from edgekd.data.loader import BatchFeeder
 from edgekd.errors import RunDirError
 from edgekd.io import append_jsonl, read_jsonl, write_text
 from edgekd.train import checkpoint
@@ -215,8 +216,11 @@ def train(
     """
     model.to(device)
     channels_last = cfg.channels_last
+    hooks = []
     if channels_last:
         model.to(memory_format=torch.channels_last)
+        if device.type == "cpu":
+            hooks = _cpu_channels_last_workaround(model)
     extra = getattr(objective, "trainable", None)
     if extra is not None:
         extra.to(device)
@@ -264,7 +268,7 @@ def train(
 
         writer = SummaryWriter(str(tb_dir / stage), purge_step=start_epoch)
 
-    images_dev = train_split.images.to(device)
+    feeder = BatchFeeder(train_split.images, device)
     labels_dev = train_split.labels.to(device)
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
@@ -281,10 +285,11 @@ def train(
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
             seen = seen_here = 0
-            for s in range(steps):
-                idx = order[s * bs : (s + 1) * bs]
+            batches = [order[s * bs : (s + 1) * bs] for s in range(steps)]
+            for s, images in enumerate(feeder.epoch(batches)):
+                idx = batches[s]
                 idx_dev = idx.to(device)
-                x = transform(images_dev[idx_dev], idx, gen)
+                x = transform(images, idx, gen)
                 x, x_t = x if isinstance(x, tuple) else (x, None)
                 y = labels_dev[idx_dev]
                 if world > 1:  # this rank's share of the identically augmented global batch
@@ -366,8 +371,24 @@ def train(
     finally:
         if writer is not None:
             writer.close()
+        for h in hooks:
+            h.remove()
     model.to(memory_format=torch.contiguous_format)
     return _result(history, has_val=len(val_split) > 0)
+
+
+def _cpu_channels_last_workaround(model: nn.Module) -> list:
+    """Keep strided 1x1 convolutions of <= 8 input channels in the contiguous format: on CPU
+    their channels-last weight gradient crashes the process (segfault or heap corruption;
+    torch 2.14.1, oneDNN 3.12, AVX-512, inputs of 64 px and more, e.g. the downsampling of
+    resnet8_cifar_w0.5 at 64x64). Returns the hooks to remove after training."""
+    hooks = []
+    for m in model.modules():
+        if (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and max(m.stride) > 1
+                and m.in_channels <= 8):
+            m.to(memory_format=torch.contiguous_format)
+            hooks.append(m.register_forward_pre_hook(lambda _m, args: (args[0].contiguous(), *args[1:])))
+    return hooks
 
 
 def _result(history: list[dict], has_val: bool) -> TrainResult:

@@ -7,6 +7,7 @@ from edgekd.data import Dataset, load_dataset
 from edgekd.data.dataset import stratified_split
 from edgekd.errors import ModelError
 from edgekd.io import write_json
+from edgekd.models.pretrained import is_pretrained_spec, pretrained_info
 from edgekd.models.registry import default_input_size, min_input_size
 from edgekd.pipeline.context import Context, on_main
 from edgekd.pipeline.stage import Stage
@@ -14,17 +15,24 @@ from edgekd.pipeline.stage import Stage
 DATA_JSON = "data.json"
 
 
-def prepare_data(run_cfg: RunConfig) -> Dataset:
+def prepare_data(run_cfg: RunConfig, reporter=None) -> Dataset:
     """The run's data set at the run's input size, with the training subset applied."""
     cfg = run_cfg.data
-    size = cfg.input_size or default_input_size(run_cfg.teacher.arch)
+    spec = run_cfg.teacher.checkpoint
+    size = cfg.input_size or (pretrained_info(spec).input_size if is_pretrained_spec(spec)
+                              else default_input_size(run_cfg.teacher.arch))
     for role, arch in (("teacher", run_cfg.teacher.arch), ("student", run_cfg.student.arch),
                        ("auxiliary teacher", run_cfg.distill.aux_teacher)):
         if arch and size < min_input_size(arch):
             raise ModelError(
                 f"input size {size} is below what the {role} {arch} takes: its total stride is "
                 f"{min_input_size(arch)}, so use --input-size {min_input_size(arch)} or more")
-    data = load_dataset(cfg.dataset, size, cfg.data_dir, cfg.val_fraction, cfg.split_seed)
+    progress = None
+    if reporter is not None and hasattr(reporter, "on_progress"):
+        def progress(done, total, what):
+            reporter.on_progress("data", done, total, f"decoding {what}")
+    data = load_dataset(cfg.dataset, size, cfg.data_dir, cfg.val_fraction, cfg.split_seed,
+                        storage=cfg.storage, skip_bad_images=cfg.skip_bad_images, progress=progress)
     if cfg.train_subset is not None and cfg.train_subset < 1.0:
         seed = cfg.split_seed if cfg.subset_seed is None else cfg.subset_seed
         keep, _ = stratified_split(data.train.labels.numpy(), 1.0 - cfg.train_subset, seed)

@@ -1,0 +1,57 @@
+"""Batches of training images on the device, from memory or from an on-disk store.
+
+In memory (a uint8 tensor) the whole split moves to the device once and a batch is an index.
+From an `ImageStore` a `torch.utils.data.DataLoader` reads each batch in worker processes
+(`os.pread`, page cache) into pinned memory while the model trains on the previous one. Both
+yield the batches of the index lists they are given, in that order, so the sample order and
+the augmentation's random numbers do not depend on where the images live.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from edgekd.data.store import ImageStore
+
+
+class _Batches(Dataset):
+    def __init__(self, store: ImageStore, batches: Sequence[torch.Tensor]):
+        self.store, self.batches = store, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.store[self.batches[i]]
+
+
+def loader_workers() -> int:
+    """Reader processes: reading is a memory copy from the page cache, so a few suffice and
+    the cores stay with training."""
+    return min(4, max(1, (os.cpu_count() or 2) // 2))
+
+
+class BatchFeeder:
+    """`feeder.epoch(index_batches)` yields uint8 (B, 3, H, W) batches on `device`."""
+
+    def __init__(self, images: torch.Tensor | ImageStore, device: torch.device,
+                 workers: int | None = None):
+        self.device = device
+        self.store = images if isinstance(images, ImageStore) else None
+        self.images = None if self.store is not None else images.to(device)
+        self.workers = loader_workers() if workers is None else workers
+
+    def epoch(self, batches: Sequence[torch.Tensor]) -> Iterator[torch.Tensor]:
+        if self.store is None:
+            for idx in batches:
+                yield self.images[idx.to(self.device)]
+            return
+        loader = DataLoader(_Batches(self.store, batches), batch_size=None, shuffle=False,
+                            num_workers=self.workers, pin_memory=self.device.type == "cuda",
+                            prefetch_factor=4 if self.workers else None)
+        for x in loader:
+            yield x.to(self.device, non_blocking=True)
