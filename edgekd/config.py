@@ -30,6 +30,7 @@ class DataConfig:
     split_seed: int = 0
     train_subset: float | None = None  # stratified fraction of train, for quick runs
     subset_seed: int | None = None  # which stratified subset (None: split_seed); Monte Carlo runs vary it
+    augment: str = "auto"  # crop_pad (the papers') | resized_crop | auto: resized_crop from 96 px
     crop_padding: int | None = None  # None: input_size // 8 (4 px at 32x32, as the papers)
     hflip: bool | None = None  # None: the data set's default (off for digits)
     storage: str = "auto"  # auto | memory | disk: decoded pixels in RAM, or read per batch
@@ -422,6 +423,10 @@ def validate(cfg: RunConfig) -> None:
     _validate_ig(cfg.ig)
     if not 0 <= cfg.kd.alpha <= 1 or cfg.kd.temperature <= 0:
         raise EdgeKDError("kd.alpha must be in [0, 1] and kd.temperature > 0")
+    if cfg.data.augment not in ("auto", "crop_pad", "resized_crop"):
+        raise EdgeKDError(f"data.augment {cfg.data.augment!r}: use auto, crop_pad or resized_crop")
+    if cfg.data.storage not in ("auto", "memory", "disk"):
+        raise EdgeKDError(f"data.storage {cfg.data.storage!r}: use auto, memory or disk")
     if cfg.data.train_subset is not None and not 0 < cfg.data.train_subset <= 1:
         raise EdgeKDError("data.train_subset must be in (0, 1]")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):

@@ -21,7 +21,7 @@ from edgekd.attribution.compute import compute_maps
 from edgekd.attribution.ig import IGSettings, MapComputer, baselines, plan_batches
 from edgekd.attribution.overlay import IGOverlay, overlay
 from edgekd.cli import cli
-from edgekd.data.augment import AugmentSettings
+from edgekd.data.augment import AugmentSettings, ResizedCropSettings
 from edgekd.pipeline.standalone import ig_compute_run
 from edgekd.train import checkpoint, engine
 from tests.conftest import TINY
@@ -150,14 +150,16 @@ def test_uint8_cache_matches_float16_within_quantisation(run, tmp_path):
 
 
 # ---- the overlay -------------------------------------------------------------------------
-def test_overlay_moves_the_map_with_the_pixels():
+@pytest.mark.parametrize("aug", [AugmentSettings(crop_padding=3, hflip=True),
+                                 ResizedCropSettings(hflip=True, scale=(0.2, 0.6))],
+                         ids=["crop_pad", "resized_crop"])
+def test_overlay_moves_the_map_with_the_pixels(aug):
     """With the map equal to the image, the overlaid output must be a monotone function of
     the augmented image pixel for pixel: true only if crop and flip moved both together."""
     torch.manual_seed(0)
     x = torch.randint(0, 256, (16, 3, 12, 12), dtype=torch.uint8)
     x[:, :, :, :6] //= 4  # left/right asymmetry, so a flip of one and not the other shows
     maps = x[:, 0].float() / 255
-    aug = AugmentSettings(crop_padding=3, hflip=True)
     idx = torch.arange(16)
     plain = IGOverlay(maps, aug, p=0.0, blend=1.0)(x, idx, torch.Generator().manual_seed(5))
     only_map = IGOverlay(maps, aug, p=1.0, blend=1.0)(x, idx, torch.Generator().manual_seed(5))

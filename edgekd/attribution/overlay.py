@@ -2,7 +2,8 @@
 
 Space: the overlay happens on raw [0, 1] pixels, the student's input space (students, like
 teachers, normalise inside the model), after the geometric augmentation. The map is stacked
-on the image as a fourth channel before the random crop and flip, so it moves with the pixels
+on the image as a fourth channel before the random crop (padded or resized) and flip, so it
+moves with the pixels
 the student sees, and is split off afterwards. Then per sample: map ** s with s log-uniform
 in [1, 2], min-max to [0, 1], copied to 3 channels, and with probability p
 x := (1 - blend) * x + blend * map. Random numbers come from the engine's per-epoch
@@ -19,7 +20,7 @@ import math
 
 import torch
 
-from edgekd.data.augment import AugmentSettings, random_crop_flip
+from edgekd.data.augment import AugmentSettings, augment
 
 
 def overlay(x: torch.Tensor, maps: torch.Tensor, p: float, blend: float,
@@ -52,7 +53,7 @@ class IGOverlay:
             self.maps = self.maps.to(x.device)
         m = self.maps[idx.to(x.device)].float()
         both = torch.cat([x.float().div_(255.0), m[:, None]], dim=1)
-        both = random_crop_flip(both, self.settings, g)
+        both = augment(both, self.settings, g)
         clean = both[:, :3]
         mixed = overlay(clean, both[:, 3], self.p, self.blend, g)
         return (mixed, clean.contiguous()) if self.clean_for_teacher else mixed

@@ -13,20 +13,37 @@ import os
 from collections.abc import Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from edgekd.data.store import ImageStore
 
 
-class _Batches(Dataset):
-    def __init__(self, store: ImageStore, batches: Sequence[torch.Tensor]):
-        self.store, self.batches = store, batches
+class _Rows(Dataset):
+    """store[index batch] -> uint8 batch (read in a worker process)."""
+
+    def __init__(self, store: ImageStore):
+        self.store = store
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.store[batch]
+
+
+class _Plan(Sampler):
+    """The current epoch's index batches; set before each pass, so one DataLoader and its
+    persistent workers serve every epoch (a worker start costs more than an epoch of a
+    small set)."""
+
+    def __init__(self):
+        self.batches: Sequence[torch.Tensor] = []
+
+    def __iter__(self):
+        return iter(self.batches)
 
     def __len__(self) -> int:
         return len(self.batches)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.store[self.batches[i]]
 
 
 def loader_workers() -> int:
@@ -44,14 +61,19 @@ class BatchFeeder:
         self.store = images if isinstance(images, ImageStore) else None
         self.images = None if self.store is not None else images.to(device)
         self.workers = loader_workers() if workers is None else workers
+        self.plan = _Plan()
+        self.loader = None
+        if self.store is not None:
+            self.loader = DataLoader(_Rows(self.store), sampler=self.plan, batch_size=None,
+                                     num_workers=self.workers, persistent_workers=self.workers > 0,
+                                     pin_memory=device.type == "cuda",
+                                     prefetch_factor=4 if self.workers else None)
 
     def epoch(self, batches: Sequence[torch.Tensor]) -> Iterator[torch.Tensor]:
         if self.store is None:
             for idx in batches:
                 yield self.images[idx.to(self.device)]
             return
-        loader = DataLoader(_Batches(self.store, batches), batch_size=None, shuffle=False,
-                            num_workers=self.workers, pin_memory=self.device.type == "cuda",
-                            prefetch_factor=4 if self.workers else None)
-        for x in loader:
+        self.plan.batches = batches
+        for x in self.loader:
             yield x.to(self.device, non_blocking=True)

@@ -12,7 +12,7 @@ import torch
 from edgekd import distributed
 from edgekd.config import RunConfig, parse_norm
 from edgekd.data import Dataset
-from edgekd.data.augment import AugmentSettings
+from edgekd.data.augment import RESIZED_CROP_FROM, AugmentSettings, ResizedCropSettings
 from edgekd.errors import EdgeKDError
 from edgekd.models.registry import Classifier, create_model
 from edgekd.pipeline.rundir import METRICS, RunDir
@@ -71,9 +71,16 @@ def on_main(fn):
 
 
 def augment_settings(ctx: Context) -> AugmentSettings:
+    """The run's augmentation: data.augment auto picks RandomResizedCrop from 96 px, the
+    papers' padded crop below (recorded in data.json)."""
     d = ctx.cfg.data
+    hflip = ctx.data.hflip if d.hflip is None else d.hflip
+    kind = d.augment if d.augment != "auto" else (
+        "resized_crop" if ctx.data.input_size >= RESIZED_CROP_FROM else "crop_pad")
+    if kind == "resized_crop":
+        return ResizedCropSettings(hflip=hflip)
     pad = d.crop_padding if d.crop_padding is not None else ctx.data.input_size // 8
-    return AugmentSettings(crop_padding=pad, hflip=ctx.data.hflip if d.hflip is None else d.hflip)
+    return AugmentSettings(crop_padding=pad, hflip=hflip)
 
 
 def input_norm(ctx: Context, role: str) -> tuple[tuple[float, ...], tuple[float, ...]]:

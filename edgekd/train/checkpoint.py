@@ -39,8 +39,8 @@ def load(path: str | Path, what: str = "checkpoint") -> Any:
             exported = any(n.endswith(("/archive_format", "serialized_exported_program.json"))
                            for n in z.namelist())
     if exported:
-            # torch.export.load reads a PT2 archive's weights and constants with
-            # torch.load(weights_only=False) and pickle.loads (torch 2.14; README: Checkpoints).
+        # torch.export.load reads a PT2 archive's weights and constants with
+        # torch.load(weights_only=False) and pickle.loads (torch 2.14; README: Checkpoints).
         raise ModelError(
             f"{what} {p} is a torch.export program, refused: torch.export.load unpickles "
             "its weights and constants, so loading it could run code; save the model's "

@@ -22,7 +22,7 @@ from torch import nn
 
 from edgekd import distributed
 from edgekd.config import TrainConfig
-from edgekd.data.augment import AugmentSettings, random_crop_flip
+from edgekd.data.augment import AugmentSettings, augment
 from edgekd.data.dataset import Split
 from edgekd.data.loader import BatchFeeder
 from edgekd.errors import RunDirError
@@ -69,12 +69,12 @@ class CrossEntropy:
 
 @dataclass
 class StandardAugment:
-    """Random crop with zero padding and (where labels allow) horizontal flip, batched."""
+    """The run's crop (padded, or resized) and (where labels allow) horizontal flip, batched."""
 
     settings: AugmentSettings
 
     def __call__(self, x, idx, g):
-        return random_crop_flip(x.float().div_(255.0), self.settings, g)
+        return augment(x.float().div_(255.0), self.settings, g)
 
 
 class Callback(Protocol):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from edgekd.config import RunConfig
 from edgekd.data import Dataset, load_dataset
+from edgekd.data.augment import ResizedCropSettings
 from edgekd.data.dataset import stratified_split
 from edgekd.errors import ModelError
 from edgekd.io import write_json
 from edgekd.models.pretrained import is_pretrained_spec, pretrained_info
 from edgekd.models.registry import default_input_size, min_input_size
-from edgekd.pipeline.context import Context, on_main
+from edgekd.pipeline.context import Context, augment_settings, on_main
 from edgekd.pipeline.stage import Stage
 
 DATA_JSON = "data.json"
@@ -53,7 +54,10 @@ class DataStage(Stage):
             ctx.data = prepare_data(ctx.cfg)
         data = ctx.data
         size = data.input_size
-        ctx.info["data"] = data.summary()
+        aug = augment_settings(ctx)
+        ctx.info["data"] = {**data.summary(), "augmentation": {
+            "kind": "resized_crop" if isinstance(aug, ResizedCropSettings) else "crop_pad",
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in aug.__dict__.items()}}}
         on_main(lambda: write_json(ctx.run / DATA_JSON, ctx.info["data"]))
         sizes = ctx.info["data"]["sizes"]
         ctx.reporter.stage(
