@@ -100,7 +100,7 @@ def measure(folder: str, storage: str, steps: int) -> dict:
     return {"storage": data.summary()["storage"], "train_images": len(data.train),
             "images_per_s": round(ips, 1), "load_s": round(load_s, 2),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            # the DataLoader's reader processes (forked: they share the parent's pages)
+            # the largest child process: on disk, the DataLoader readers (forked, sharing pages)
             "reader_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
 
 

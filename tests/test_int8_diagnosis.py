@@ -100,11 +100,17 @@ def test_auto_fallback_keeps_the_worst_layers_fp32_until_the_drop_fits(trained_r
 
 
 def test_auto_fallback_that_keeps_everything_fp32_says_int8_buys_nothing(run, tmp_path):
-    # A 1-epoch student near chance: its close logits flip under any quantisation.
+    # Only the first convolution left to quantize, calibrated on a black image: its input
+    # range collapses, every real image saturates, and the predictions collapse with it on
+    # any CPU, so the fallback must keep that last layer in FP32 too.
     calib, x, y = _black_calibration(run, tmp_path)
-    with pytest.raises(QuantizeError, match="keep every quantized layer in FP32.*INT8 buys nothing here"):
+    nodes = onnx.load(str(run / "student.onnx")).graph.node
+    first_conv = next(n.name for n in nodes if n.op_type == "Conv")
+    others = sorted({n.op_type for n in nodes if n.op_type not in ("Conv", "Constant")}) + [
+        n.name for n in nodes if n.op_type == "Conv" and n.name != first_conv]
+    with pytest.raises(QuantizeError, match="kee?pt? every quantized layer in FP32.*INT8 buys nothing here"):
         quantize_onnx(run / "student.onnx", tmp_path / "s.int8.onnx", calib, x, y, max_drop=5.0,
-                      auto_fallback=True)
+                      exclude=others, auto_fallback=True)
     assert not (tmp_path / "s.int8.onnx").exists()
 
 

@@ -54,10 +54,13 @@ def test_torchvision_model_by_name_runs_on_small_images():
     assert describe("resnet18", num_classes=7, input_size=32).family == "torchvision"
 
 
-def test_unknown_model_lists_valid_names():
+def test_unknown_model_suggests_close_names():
     with pytest.raises(ModelError) as e:
         create_model("mobilenet_v9", 10)
-    assert "mbv2_cifar_trunc5" in str(e.value) and "resnet18" in str(e.value)
+    assert "did you mean mobilenet_v2" in str(e.value) and "`edgekd models`" in str(e.value)
+    with pytest.raises(ModelError) as e:
+        create_model("zzzz", 10)
+    assert "did you mean" not in str(e.value)
 
 
 def test_normalisation_is_inside_the_model():
