@@ -33,10 +33,13 @@ def test_other_architecture_or_class_count_is_refused(tmp_path):
 def test_bare_state_dict_of_wrong_shape_is_refused(tmp_path):
     body = create_model("mbv2_cifar_trunc15", 10).body
     torch.save(body.state_dict(), tmp_path / "bare.pt")
-    model, _ = checkpoint.load_model(tmp_path / "bare.pt", "mbv2_cifar_trunc15", 10)
-    assert isinstance(model.body, type(body))
-    with pytest.raises(ModelError, match="does not fit mbv2_cifar_trunc13"):
-        checkpoint.load_model(tmp_path / "bare.pt", "mbv2_cifar_trunc13", 10)
+    norm = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    model, _ = checkpoint.load_model(tmp_path / "bare.pt", "mbv2_cifar_trunc15", 10, norm=norm)
+    assert isinstance(model.body, type(body)) and model.std.flatten().tolist() == [0.25] * 3
+    with pytest.raises(ModelError, match="does not fit mbv2_cifar_trunc13.*it is a mbv2_cifar_trunc15"):
+        checkpoint.load_model(tmp_path / "bare.pt", "mbv2_cifar_trunc13", 10, norm=norm)
+    with pytest.raises(ModelError, match="does not say how its inputs were normalised: pass --teacher-norm"):
+        checkpoint.load_model(tmp_path / "bare.pt", "mbv2_cifar_trunc15", 10)
 
 
 def test_truncated_and_garbage_files_are_refused(tmp_path):

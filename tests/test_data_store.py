@@ -43,7 +43,9 @@ def test_the_disk_store_holds_the_same_images_as_memory(folder):
 
 
 def test_training_from_disk_gives_the_same_weights_as_from_memory(folder, tmp_path):
-    args = ["compress", "--dataset", f"imagefolder:{folder}", "--input-size", "32", "--method", "kd",
+    # kd+ig: from disk the IG maps are read per batch too (MapRows), from memory indexed
+    args = ["compress", "--dataset", f"imagefolder:{folder}", "--input-size", "32", "--method", "kd+ig",
+            "--ig-steps", "2", "--ig-p", "0.5",
             "--teacher-arch", "resnet8_cifar_w0.5", "--student", "resnet8_cifar_w0.5",
             "--teacher-epochs", "1", "--epochs", "1", "--batch-size", "16", "--no-bench"]
     weights = {}
@@ -107,3 +109,18 @@ def test_an_interrupted_decode_resumes_where_it_stopped(tmp_path):
     w.write(2, rows[2:])
     store = w.finish()
     assert torch.equal(store[:], torch.from_numpy(rows))
+
+
+def test_the_store_reads_in_pieces_and_indexes_like_a_tensor(folder, monkeypatch):
+    from edgekd.data import store as store_mod
+
+    mem = load_dataset(f"imagefolder:{folder}", 24, storage="memory").test.images
+    disk = load_dataset(f"imagefolder:{folder}", 24, storage="disk").test.images
+    monkeypatch.setattr(store_mod, "READ_MAX", 1000)  # many reads per run of rows
+    assert torch.equal(disk[:], mem)
+    assert torch.equal(disk[-1], mem[-1]) and torch.equal(disk[torch.tensor(3)], mem[3])
+    assert torch.equal(disk[np.array([-2, 0])], mem[[-2, 0]])
+    with pytest.raises(TypeError):
+        disk[torch.zeros(len(disk), dtype=torch.bool)]
+    with pytest.raises(IndexError):
+        disk[[len(disk)]]

@@ -107,6 +107,14 @@ def test_alignment_cache_equals_captum_on_the_same_index(run):
         assert int(dist.argmin()) == i
 
 
+def test_maps_read_from_disk_per_batch_equal_the_loaded_ones(run):
+    cache = MapCache(run / "ig")
+    rows, full = cache.load(relative=True, lazy=True), cache.load(relative=True)
+    assert len(rows) == len(full) and rows.shape == tuple(full.shape)
+    idx = torch.tensor([313, 0, 17, 17])
+    assert torch.equal(rows[idx], full[idx])
+
+
 def test_zero_baseline_in_raw_space_is_zero_after_normalisation(run):
     _, teacher = _run_data(run)
     x = torch.rand(2, 3, 16, 16)

@@ -154,6 +154,10 @@ def test_torchvision_weights_by_name_come_from_the_hub_cache(tmp_path, monkeypat
     assert model.body.fc.out_features == 3
     with pytest.raises(ModelError, match="has no weights 'IMAGENET9K'; use one of IMAGENET1K_V1"):
         load_pretrained("torchvision:resnet18.IMAGENET9K")
+    # a config file naming the weights but not the architecture: refused, not mislabelled
+    tcfg = build_config(None, "digits", {"teacher.checkpoint": "torchvision:resnet18.IMAGENET1K_V1"}, []).teacher
+    with pytest.raises(ModelError, match="is a resnet18, not a mbv2_cifar: drop --teacher-arch"):
+        load_given_teacher(tcfg, load_dataset("digits", 32))
 
 
 def _fake_hf_cache(root: Path, repo: str, state: dict) -> None:

@@ -109,6 +109,38 @@ def _why_stale(old: dict, new: dict) -> str:
     return f"made with other settings ({'; '.join(diff[:3])})"
 
 
+class MapRows:
+    """Relative maps read per batch with `os.pread` from maps.npy: `rows[idx]` -> float16
+    (B, H, W) in [0, 1], like the in-memory tensor `MapCache.load(relative=True)` returns."""
+
+    def __init__(self, path: Path):
+        m = np.lib.format.open_memmap(path, mode="r")
+        self.path, self.dtype, self.shape = path, m.dtype, tuple(m.shape)
+        self.offset = int(m.offset)
+        self.row = int(np.prod(self.shape[1:])) * m.dtype.itemsize
+        self.device = torch.device("cpu")
+        del m
+        self._fd, self._pid = None, -1
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getstate__(self):
+        return {**self.__dict__, "_fd": None, "_pid": -1}
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        if self._fd is None or self._pid != os.getpid():
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        rows = np.asarray(idx.cpu() if isinstance(idx, torch.Tensor) else idx, dtype=np.int64).reshape(-1)
+        out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
+        for k, r in enumerate(rows):
+            buf = memoryview(out[k]).cast("B")
+            if os.preadv(self._fd, [buf], self.offset + int(r) * self.row) != self.row:
+                raise CacheError(f"{self.path} is truncated: recompute the maps with `edgekd ig compute RUN_DIR`")
+        t = torch.from_numpy(out)
+        return t.to(torch.float16).div_(255) if self.dtype == np.uint8 else t
+
+
 class MapCache:
     """A cache folder (`RUN/ig/`). Creating, resuming and checking it; reading the maps."""
 
@@ -213,11 +245,15 @@ class MapCache:
         return doc
 
     def load(self, identity: dict | None = None, check: tuple[str, ...] = (),
-             relative: bool = False) -> torch.Tensor:
+             relative: bool = False, lazy: bool = False) -> torch.Tensor | MapRows:
         """All maps (N, H, W) after `verify`: float32 attributions, or with `relative` each
-        map divided by its maximum, as float16 (half the memory; what the overlay needs)."""
+        map divided by its maximum, as float16 (half the memory; what the overlay needs).
+        With `lazy` (and `relative`) a `MapRows` reader instead, which holds no maps in memory
+        (a data set read from disk: the maps at 224 px are 100 kB an image)."""
         doc = self.verify(identity, check)
         lay = self.layout(doc)
+        if relative and lazy:
+            return MapRows(self.folder / MAPS)
         maps, scales = self._open(lay, "r")
         if relative:
             rel = maps.astype(np.float16) / np.float16(255) if lay.dtype == "uint8" else np.array(maps)

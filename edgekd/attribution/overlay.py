@@ -43,15 +43,17 @@ class IGOverlay:
 
     def __init__(self, maps: torch.Tensor, settings: AugmentSettings, p: float, blend: float,
                  clean_for_teacher: bool = False):
-        self.maps = maps  # (N, H, W), index-aligned with the training split; float16 is fine
+        # (N, H, W), index-aligned with the training split; float16 is fine. A tensor (moved
+        # to the batch's device once) or a reader from disk (`MapRows`, rows read per batch).
+        self.maps = maps
         self.settings = settings
         self.p, self.blend = p, blend
         self.clean_for_teacher = clean_for_teacher
 
     def __call__(self, x: torch.Tensor, idx: torch.Tensor, g: torch.Generator):
-        if self.maps.device != x.device:
+        if isinstance(self.maps, torch.Tensor) and self.maps.device != x.device:
             self.maps = self.maps.to(x.device)
-        m = self.maps[idx.to(x.device)].float()
+        m = self.maps[idx.to(self.maps.device)].to(x.device).float()
         both = torch.cat([x.float().div_(255.0), m[:, None]], dim=1)
         both = augment(both, self.settings, g)
         clean = both[:, :3]

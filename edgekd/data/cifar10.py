@@ -9,7 +9,7 @@ import torch
 
 from edgekd.data.cache import cache_dir
 from edgekd.data.dataset import Dataset, Split, resize_uint8, stratified_split, use_disk
-from edgekd.data.store import StoreWriter, open_store
+from edgekd.data.store import StoreWriter, building, open_store
 from edgekd.errors import DataError
 
 # The papers' teacher normalisation (PAPERS.md): kept so a paper teacher checkpoint fits.
@@ -57,12 +57,16 @@ def load_cifar10(
             return Split(resize_uint8(images, input_size), labels)
         # Resized a chunk at a time into an on-disk store: 50k images at 224 px are 7.5 GB.
         folder = cache_dir("cifar10-store", f"{name}-{input_size}")
+        source = str(root.resolve())
         store = open_store(folder)
-        if store is None or store.manifest.get("source") != str(root.resolve()):
-            w = StoreWriter(folder, len(images), (3, input_size, input_size), {"source": str(root.resolve())})
-            for a in range(w.done, len(images), 1024):
-                w.write(a, resize_uint8(images[a : a + 1024], input_size).numpy())
-            store = w.finish()
+        if store is None or store.manifest.get("source") != source:
+            with building(folder):  # torchrun ranks share the cache: one decodes
+                store = open_store(folder)
+                if store is None or store.manifest.get("source") != source:
+                    w = StoreWriter(folder, len(images), (3, input_size, input_size), {"source": source})
+                    for a in range(w.done, len(images), 1024):
+                        w.write(a, resize_uint8(images[a : a + 1024], input_size).numpy())
+                    store = w.finish()
         return Split(store, labels)
 
     full_train, test = to_split(train_ds, "train"), to_split(test_ds, "test")

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from edgekd.data.cache import cache_dir
 from edgekd.data.dataset import Dataset, Split, channel_stats, stratified_split, use_disk
-from edgekd.data.store import ImageStore, StoreWriter, open_store
+from edgekd.data.store import ImageStore, StoreWriter, building, open_store
 from edgekd.errors import DataError
 from edgekd.io import write_json
 
@@ -67,8 +67,9 @@ def _decode(path: Path, size: int) -> np.ndarray:
 def _try_decode(path: Path, size: int) -> np.ndarray | str:
     try:
         return _decode(path, size)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        return f"{type(e).__name__}: {e}"
+    except Exception as e:  # PIL raises many kinds (OSError, SyntaxError, struct.error, bombs...)
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 Progress = Callable[[int, int, str], None]  # (images done, total, which split)
@@ -79,6 +80,7 @@ def _build_store(folder: Path, paths: list[Path], labels: list[int], size: int, 
     writer = StoreWriter(folder, len(paths), (3, size, size), {"labels": labels})
     bad_file = folder / "bad.json"
     bad = json.loads(bad_file.read_text()) if writer.done and bad_file.is_file() else []
+    bad = [b for b in bad if b["index"] < writer.done]  # a crash may have left later ones
     zero = np.zeros((3, size, size), np.uint8)
     chunk = 256
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
@@ -95,34 +97,50 @@ def _build_store(folder: Path, paths: list[Path], labels: list[int], size: int, 
     writer.finish()
 
 
-def _load_split(files: dict[str, list[Path]], classes: list[str], size: int, storage: str,
+def _load_split(files: dict[str, list[Path]], classes: list[str], size: int, disk: bool,
                 skip_bad: bool, what: str, progress: Progress | None) -> tuple[Split, list[dict]]:
-    """A split decoded once into an on-disk store (keyed by its files, sizes and mtimes),
-    then read into memory or from disk. Unreadable images: refused naming the file, or left
-    out (`skip_bad`) and returned."""
+    """A split decoded once into an on-disk store (keyed by its classes, files, sizes and
+    mtimes), then read into memory or from disk. Unreadable images: refused naming the file,
+    or left out (`skip_bad`) and returned."""
     paths = [p for c in classes for p in files.get(c, [])]
     labels = [i for i, c in enumerate(classes) for _ in files.get(c, [])]
-    key = hashlib.sha256(repr(("v2", size)).encode())
+    key = hashlib.sha256(repr(("v2", size, classes)).encode())
     for p in paths:
         st = p.stat()
         key.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     folder = cache_dir("imagefolder") / key.hexdigest()[:32]
     store = open_store(folder)
     if store is None:
-        _build_store(folder, paths, labels, size, what, progress)
-        store = ImageStore(folder)
+        with building(folder):  # another process may be decoding it: wait, then look again
+            store = open_store(folder)
+            if store is None:
+                _build_store(folder, paths, labels, size, what, progress)
+                store = ImageStore(folder)
     bad = json.loads((folder / "bad.json").read_text()) if (folder / "bad.json").is_file() else []
     if bad and not skip_bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise DataError(f"cannot read image {bad[0]['file']} ({bad[0]['error']}){more}: remove or "
                         "replace it, or pass --skip-bad-images")
     keep = np.setdiff1d(np.arange(len(paths)), [b["index"] for b in bad])
-    label_t = torch.as_tensor(store.manifest["labels"], dtype=torch.long)
-    images: torch.Tensor | ImageStore = store
-    if not use_disk(storage, len(paths) * 3 * size * size):
-        images = store[:]
+    label_t = torch.as_tensor(labels, dtype=torch.long)
+    if bad:
+        left = np.bincount(label_t.numpy()[keep], minlength=len(classes))
+        empty = [c for c, k in zip(classes, left, strict=True) if k == 0]
+        if empty:
+            raise DataError(f"{what}/ has no readable image left in {empty}: replace the "
+                            "unreadable ones (listed with --skip-bad-images in data.json)")
+    images: torch.Tensor | ImageStore = store if disk else store[:]
     split = Split(images, label_t)
     return (split.subset(keep) if bad else split), [{"file": b["file"], "error": b["error"]} for b in bad]
+
+
+def load_folder_split(files: dict[str, list[Path]], classes: list[str], size: int,
+                      storage: str = "auto", skip_bad: bool = False) -> Split:
+    """One split of class folders (`_scan`'s result) outside a data set (edgekd experiment
+    shift), through the same decode and cache."""
+    count = sum(len(fs) for fs in files.values())
+    return _load_split(files, classes, size, use_disk(storage, count * 3 * size * size), skip_bad,
+                       "images", None)[0]
 
 
 def load_imagefolder(path: str, input_size: int, val_fraction: float, split_seed: int,
@@ -156,15 +174,17 @@ def load_imagefolder(path: str, input_size: int, val_fraction: float, split_seed
     if len(classes) < 2:
         raise DataError(f"{train_dir} has one class: a classifier needs at least two class folders")
 
-    full_train, bad_train = _load_split(train_files, classes, input_size, storage, skip_bad_images, "train", progress)
-    test, bad_test = _load_split(test_files, classes, input_size, storage, skip_bad_images, "test", progress)
+    val_files = _scan(val_dir) if val_dir.is_dir() else {}
+    count = sum(len(fs) for files in (train_files, test_files, val_files) for fs in files.values())
+    disk = use_disk(storage, count * 3 * input_size * input_size)  # on all splits together
+    full_train, bad_train = _load_split(train_files, classes, input_size, disk, skip_bad_images, "train", progress)
+    test, bad_test = _load_split(test_files, classes, input_size, disk, skip_bad_images, "test", progress)
     skipped = bad_train + bad_test
     if val_dir.is_dir():
-        val_files = _scan(val_dir)
         unknown = sorted(set(val_files) - set(classes))
         if unknown:
             raise DataError(f"{val_dir} has classes not in train: {unknown}: rename or remove them")
-        val, bad_val = _load_split(val_files, classes, input_size, storage, skip_bad_images, "val", progress)
+        val, bad_val = _load_split(val_files, classes, input_size, disk, skip_bad_images, "val", progress)
         train, skipped = full_train, skipped + bad_val
         val_source = "val/"
     else:

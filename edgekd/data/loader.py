@@ -77,3 +77,10 @@ class BatchFeeder:
         self.plan.batches = batches
         for x in self.loader:
             yield x.to(self.device, non_blocking=True)
+
+    def close(self) -> None:
+        """Stop the reader processes (they persist across epochs, not across stages)."""
+        it = getattr(self.loader, "_iterator", None) if self.loader is not None else None
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        self.loader = None

@@ -11,6 +11,7 @@ of finished rows is recorded, and the manifest is written (atomically) only when
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -26,12 +27,27 @@ FORMAT = "edgekd.image-store"
 RAW, MANIFEST, PROGRESS = "images.u8", "manifest.json", "progress.json"
 
 
+READ_MAX = 256 << 20  # bytes per preadv call (Linux returns at most ~2 GiB per call)
+
+
+def _pread_into(fd: int, buf: memoryview, offset: int, what: Path) -> None:
+    done = 0
+    while done < len(buf):
+        got = os.preadv(fd, [buf[done : done + READ_MAX]], offset + done)
+        if got <= 0:
+            raise DataError(f"{what} is truncated: delete {what.parent} to rebuild it")
+        done += got
+
+
 class ImageStore:
     """Read-only uint8 images (N, 3, H, W) from a store folder; indexing returns tensors.
 
     Supports what stages do with an image tensor: `len`, `.shape`, `store[i]`, `store[a:b]`,
-    `store[indices]` (a tensor, array or list) and `subset(indices)` (a view, no copy).
+    `store[indices]` (a tensor, array or list of ints) and `subset(indices)` (a view, no copy).
     """
+
+    _fd: int | None = None
+    _pid: int = -1
 
     def __init__(self, folder: str | os.PathLike, rows: np.ndarray | None = None):
         self.folder = Path(folder)
@@ -86,13 +102,19 @@ class ImageStore:
         n = len(self)
         if isinstance(key, slice):
             sel = np.arange(n)[key]
-        elif isinstance(key, int | np.integer):
-            sel = np.asarray([key if key >= 0 else n + key])
         else:
-            sel = np.asarray(key.cpu() if isinstance(key, torch.Tensor) else key, dtype=np.int64).reshape(-1)
+            arr = np.asarray(key.cpu() if isinstance(key, torch.Tensor) else key)
+            if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer) and arr.size:
+                raise TypeError("an image store is indexed by integers or slices")
+            sel = arr.astype(np.int64).reshape(-1)
+            sel = np.where(sel < 0, sel + n, sel)
         if len(sel) and (sel.min() < 0 or sel.max() >= n):
             raise IndexError(f"index out of range for {n} images")
         return sel if self._rows is None else self._rows[sel]
+
+    @staticmethod
+    def _scalar(key) -> bool:
+        return isinstance(key, int | np.integer) or (isinstance(key, torch.Tensor | np.ndarray) and key.ndim == 0)
 
     def __getitem__(self, key) -> torch.Tensor:
         rows = self._file_rows(key)
@@ -103,13 +125,10 @@ class ImageStore:
             j = i + 1
             while j < len(rows) and rows[j] == rows[j - 1] + 1:
                 j += 1
-            buf = memoryview(flat[i:j]).cast("B")
-            got = os.preadv(fd, [buf], int(rows[i]) * self._row)
-            if got != len(buf):
-                raise DataError(f"{self.folder / RAW} is truncated: delete {self.folder} to rebuild it")
+            _pread_into(fd, memoryview(flat[i:j]).cast("B"), int(rows[i]) * self._row, self.folder / RAW)
             i = j
         t = torch.from_numpy(out)
-        return t[0] if isinstance(key, int | np.integer) else t
+        return t[0] if self._scalar(key) else t
 
     def subset(self, indices) -> ImageStore:
         view = ImageStore.__new__(ImageStore)
@@ -136,10 +155,13 @@ class StoreWriter:
         self.row = int(np.prod(shape))
         raw = self.folder / RAW
         prog = self.folder / PROGRESS
+        # A store being (re)built is never complete: its old manifest goes first.
+        (self.folder / MANIFEST).unlink(missing_ok=True)
         self.done = 0
         if prog.is_file() and raw.is_file():
             p = json.loads(prog.read_text())
-            if p.get("n") == n and p.get("shape") == list(shape) and raw.stat().st_size >= p["done"] * self.row:
+            if (p.get("n") == n and p.get("shape") == list(shape) and p.get("meta") == meta
+                    and raw.stat().st_size >= p["done"] * self.row):
                 self.done = int(p["done"])
         self._f = open(raw, "r+b" if self.done else "wb")
         self._f.truncate(n * self.row)
@@ -153,7 +175,8 @@ class StoreWriter:
         self._f.flush()
         os.fsync(self._f.fileno())
         self.done = start + len(images)
-        write_json(self.folder / PROGRESS, {"n": self.n, "shape": list(self.shape), "done": self.done})
+        write_json(self.folder / PROGRESS, {"n": self.n, "shape": list(self.shape), "meta": self.meta,
+                                            "done": self.done})
 
     def finish(self) -> ImageStore:
         self._f.close()
@@ -166,6 +189,22 @@ class StoreWriter:
                                             **self.meta})
         (self.folder / PROGRESS).unlink(missing_ok=True)
         return ImageStore(self.folder)
+
+
+@contextlib.contextmanager
+def building(folder: str | os.PathLike):
+    """Hold `folder`'s build lock: one process decodes a store (torchrun ranks and parallel
+    runs share the cache), the others wait and then find it complete."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def open_store(folder: str | os.PathLike) -> ImageStore | None:

@@ -125,7 +125,7 @@ def shift(run_dir: Path, folder: Path, mapping: dict[str, str] | None = None) ->
     """
     import torch
 
-    from edgekd.data.imagefolder import _load_split, _scan
+    from edgekd.data.imagefolder import _scan, load_folder_split
     from edgekd.errors import DataError
     from edgekd.train import checkpoint, engine
 
@@ -140,7 +140,7 @@ def shift(run_dir: Path, folder: Path, mapping: dict[str, str] | None = None) ->
     used = {c: fs for c, fs in files.items() if c in mapping and fs}
     if not used:
         raise DataError(f"no class folder of {folder} maps to the run's classes: pass --map THEIRS=OURS")
-    split = _load_split(used, list(used), size)
+    split = load_folder_split(used, list(used), size)
     labels = torch.tensor([classes.index(mapping[list(used)[i]]) for i in split.labels.tolist()])
     split.labels = labels
     result = {"folder": str(folder), "images": len(split),

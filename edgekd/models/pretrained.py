@@ -11,6 +11,7 @@ the model (a classifier of another class count is dropped and initialised anew).
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +108,15 @@ def pretrained_info(spec: str) -> PretrainedInfo:
                           int(cfg.input_size[-1]), int(cfg.num_classes or 1000), None)
 
 
+def weights_id(spec: str) -> str:
+    """What names the weights' bytes: torchvision's URL (its file name holds a sha256 prefix),
+    timm's hub repository and tag."""
+    if spec.startswith(TORCHVISION):
+        return _torchvision_weights(spec)[1].url
+    arch, cfg = _timm_cfg(spec)
+    return f"{cfg.hf_hub_id or cfg.url}:{cfg.tag}"
+
+
 def torch_hub_cache() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
@@ -131,25 +141,49 @@ def load_pretrained(spec: str, num_classes: int | None = None) -> tuple[Classifi
     if spec.startswith(TORCHVISION):
         arch, weights = _torchvision_weights(spec)
         cache = torch_hub_cache()
-        try:
-            state = torch.hub.load_state_dict_from_url(weights.url, model_dir=str(cache),
-                                                       map_location="cpu", progress=True,
-                                                       check_hash=True, weights_only=True)
-        except (OSError, RuntimeError) as e:  # URLError is an OSError
-            if not (cache / os.path.basename(weights.url)).is_file():
+        if not (cache / os.path.basename(weights.url)).is_file():
+            try:  # into the cache torchvision reads from (check_hash: the name's sha256 prefix)
+                torch.hub.load_state_dict_from_url(weights.url, model_dir=str(cache), map_location="cpu",
+                                                   progress=True, check_hash=True, weights_only=True)
+            except (OSError, RuntimeError) as e:  # URLError is an OSError
                 raise _offline(spec, cache, e) from None
-            raise ModelError(f"weights {spec} in {cache} are unreadable ({type(e).__name__}): "
-                             "delete the file so it is downloaded again") from None
-        body = torchvision.models.get_model(arch, weights=None, num_classes=info.num_classes)
-        body.load_state_dict(state)
+        try:
+            # torchvision's own builder: weights imply settings (inception's transform_input)
+            body = torchvision.models.get_model(arch, weights=weights)
+        except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
+            raise ModelError(f"weights {spec} in {cache} are unreadable ({type(e).__name__}): delete "
+                             f"{os.path.basename(weights.url)} there so it is downloaded again") from None
+        _no_aux_heads(body)
         if n != info.num_classes:
             replace_head(body, n)
         return Classifier(body, info.mean, info.std), info
     arch, cfg = _timm_cfg(spec)
     path = _hf_file(spec, cfg.hf_hub_id)
-    body = timm_module().create_model(f"{arch}.{cfg.tag}", pretrained=True, num_classes=n,
-                                      pretrained_cfg_overlay={"file": str(path)})
+    timm = timm_module()
+    try:
+        if path.suffix == ".safetensors":  # data only; timm adapts it (a new head for n classes)
+            body = timm.create_model(f"{arch}.{cfg.tag}", pretrained=True, num_classes=n,
+                                     pretrained_cfg_overlay={"file": str(path)})
+        else:  # a pickle: read here with weights_only=True, whatever timm's version does
+            body = timm.create_model(f"{arch}.{cfg.tag}", pretrained=False, num_classes=info.num_classes)
+            body.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            if n != info.num_classes:
+                replace_head(body, n)
+    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:120]
+        raise ModelError(f"weights {spec} ({path}) do not load ({type(e).__name__}: {first}): "
+                         "delete the file so it is downloaded again") from None
     return Classifier(body, info.mean, info.std), info
+
+
+def _no_aux_heads(body: torch.nn.Module) -> None:
+    """Inception-style auxiliary classifiers off: in training mode they make the network
+    return a tuple, and distillation uses the main head alone."""
+    if getattr(body, "aux_logits", False):
+        body.aux_logits = False
+        for name in ("AuxLogits", "aux1", "aux2"):
+            if hasattr(body, name):
+                setattr(body, name, None)
 
 
 def _hf_file(spec: str, repo: str | None) -> Path:

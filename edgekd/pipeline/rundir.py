@@ -57,6 +57,16 @@ def _with_defaults(old: dict, defaults: dict) -> dict:
     return out
 
 
+def _canonical(settings: dict) -> dict:
+    """Settings with equivalent spellings made equal: a teacher trained here normalises with
+    the data's statistics whether teacher.norm says `data` or nothing (the default before
+    and after teachers could be given by state_dict)."""
+    t = settings.get("teacher") or {}
+    if not t.get("checkpoint") and t.get("norm") == "data":
+        settings = {**settings, "teacher": {**t, "norm": None}}
+    return settings
+
+
 def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     out = []
     for k in sorted(set(old) | set(new)):
@@ -115,7 +125,8 @@ class RunDir:
             existing = None
         if existing is not None:
             # Settings added to edgekd after the run was made take their defaults.
-            changes = _diff(_with_defaults(existing["settings"], RunConfig().to_dict()), cfg.to_dict())
+            changes = _diff(_canonical(_with_defaults(existing["settings"], RunConfig().to_dict())),
+                            _canonical(cfg.to_dict()))
             if changes:
                 shown = "; ".join(changes[:3]) + (" ..." if len(changes) > 3 else "")
                 if resume:

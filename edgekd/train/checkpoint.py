@@ -114,15 +114,15 @@ def load_model(path: str | Path, arch: str | None = None, num_classes: int | Non
                              "(--teacher-arch)")
         if norm is None and {"mean", "std"} <= obj.keys():  # an edgekd model's own state_dict
             norm = (obj["mean"].flatten().tolist(), obj["std"].flatten().tolist())
+        # A bare state_dict of the network alone (no normalisation buffers) fits `body`.
+        body = {k[len("body."):]: v for k, v in obj.items() if k.startswith("body.")} or obj
+        n = file_classes(body, arch, num_classes) if new_head else None
+        check_fit(body, arch, n or num_classes, f"{what} {path}")
         if norm is None:
             raise ModelError(
                 f"{what} {path} is a bare state_dict, which does not say how its inputs were "
                 "normalised: pass --teacher-norm imagenet|cifar10|data|MEAN,STD (the mean/std "
                 "it was trained with)")
-        # A bare state_dict of the network alone (no normalisation buffers) fits `body`.
-        body = {k[len("body."):]: v for k, v in obj.items() if k.startswith("body.")} or obj
-        n = file_classes(body, arch, num_classes) if new_head else None
-        check_fit(body, arch, n or num_classes, f"{what} {path}")
         meta = {"arch": arch, "num_classes": n or num_classes}
         model = create_model(arch, n or num_classes, *norm)
         _load_state(model.body, body, path, arch, what)

@@ -373,6 +373,7 @@ def train(
             writer.close()
         for h in hooks:
             h.remove()
+        feeder.close()
     model.to(memory_format=torch.contiguous_format)
     return _result(history, has_val=len(val_split) > 0)
 

@@ -108,9 +108,11 @@ def overlay_transform(ctx: Context, clean_for_teacher: bool = False) -> engine.B
     the overlay; the maps are re-verified (every chunk's checksum) as they load."""
     from edgekd.attribution.cache import CacheError, MapCache
     from edgekd.attribution.overlay import IGOverlay
+    from edgekd.data.store import ImageStore
 
     cache = MapCache(ctx.info["ig_folder"])
-    maps = cache.load(relative=True)
+    # a data set read from disk gets its maps read from disk too
+    maps = cache.load(relative=True, lazy=isinstance(ctx.data.train.images, ImageStore))
     if MapCache.content_id(cache.manifest()) != ctx.info["ig"]:
         raise CacheError(f"{cache.folder} changed while the run was using it: rerun with --resume")
     return IGOverlay(maps, augment_settings(ctx), ctx.cfg.ig.p, ctx.cfg.ig.blend, clean_for_teacher)

@@ -6,11 +6,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from edgekd.config import TeacherConfig, parse_norm
 from edgekd.data import Dataset
 from edgekd.errors import ModelError
 from edgekd.io import sha256_file
-from edgekd.models.pretrained import is_pretrained_spec, load_pretrained
+from edgekd.models.pretrained import (
+    is_pretrained_spec,
+    load_pretrained,
+    pretrained_info,
+    weights_id,
+)
 from edgekd.models.registry import Classifier
 from edgekd.pipeline.context import Context, augment_settings, new_model, save_trained, train_stage
 from edgekd.pipeline.rundir import stage_key
@@ -35,6 +42,10 @@ def load_given_teacher(tcfg: TeacherConfig, data: Dataset, new_head: bool = Fals
     norm = (data.mean, data.std) if norm == "data" else norm
     spec = tcfg.checkpoint
     if teacher_source(tcfg) == "pretrained":
+        arch = pretrained_info(spec).arch
+        if tcfg.arch != arch:
+            raise ModelError(f"teacher {spec} is a {arch}, not a {tcfg.arch}: drop --teacher-arch "
+                             f"(or set teacher.arch to {arch})")
         model, info = load_pretrained(spec, data.num_classes if new_head else None)
         if info.num_classes != data.num_classes and not new_head:
             raise ModelError(
@@ -45,9 +56,12 @@ def load_given_teacher(tcfg: TeacherConfig, data: Dataset, new_head: bool = Fals
         return model, {"source": spec, "pretrained": info.to_dict()}
     model, meta = checkpoint.load_model(spec, tcfg.arch, data.num_classes, "teacher",
                                         norm=norm, new_head=new_head)
-    if meta.get("format") == checkpoint.FORMAT and norm is not None:
-        raise ModelError(f"teacher checkpoint {spec} carries its own normalisation: drop "
-                         "--teacher-norm (or teacher.norm)")
+    if meta.get("format") == checkpoint.FORMAT and norm is not None and not (
+            torch.allclose(model.mean.flatten(), torch.tensor(norm[0], dtype=torch.float32), atol=1e-4)
+            and torch.allclose(model.std.flatten(), torch.tensor(norm[1], dtype=torch.float32), atol=1e-4)):
+        raise ModelError(f"teacher checkpoint {spec} carries another normalisation (mean "
+                         f"{[round(v, 4) for v in model.mean.flatten().tolist()]}) than teacher.norm "
+                         f"{tcfg.norm!r}: drop --teacher-norm (the checkpoint's own is used)")
     if meta.get("classes") and meta["classes"] != data.classes and not new_head:
         raise ModelError(
             f"teacher checkpoint {spec} was trained on classes {meta['classes'][:5]}..., "
@@ -68,7 +82,7 @@ def load_teacher_checkpoint(tcfg: TeacherConfig, data: Dataset) -> Classifier:
 
 def source_key(tcfg: TeacherConfig) -> dict:
     if teacher_source(tcfg) == "pretrained":
-        return {"pretrained": tcfg.checkpoint}
+        return {"pretrained": tcfg.checkpoint, "weights": weights_id(tcfg.checkpoint)}
     return {"checkpoint_sha256": sha256_file(tcfg.checkpoint)} if Path(tcfg.checkpoint).is_file() else {}
 
 
@@ -117,7 +131,9 @@ class TeacherStage(Stage):
             model = new_model(ctx, "teacher")
             result = train_stage(ctx, "teacher", model, tcfg.train,
                                  engine.CrossEntropy(tcfg.train.label_smoothing), key)
-            summary = {"source": "trained", **result.summary()}
+            summary = {"source": "trained", "normalization": {"mean": model.mean.flatten().tolist(),
+                                                              "std": model.std.flatten().tolist()},
+                       **result.summary()}
         save_trained(ctx, "teacher", key, model, TEACHER, tcfg.arch, summary, training=summary)
         ctx.reporter.stage("teacher", "done", f"test top-1 {summary['last_epoch']['test_acc']:.2f} %")
 
