@@ -154,6 +154,7 @@ def _default_out(cfg) -> Path:
 @click.option("--ig-target", default=None, help="label (default) | prediction (the teacher's top-1).")
 @click.option("--ig-baseline", default=None, help="zeros in the teacher's normalised space (default) | blur | noise.")
 @click.option("--input-size", type=int, default=None, help="Resize images to this size.")
+@click.option("--student-input-size", type=int, default=None, help="The student computes at this lower size: it downscales the teacher's images inside the model.")
 @click.option("--train-subset", type=float, default=None, help="Stratified fraction of train (quick runs).")
 @click.option("--augment", type=click.Choice(["auto", "crop_pad", "resized_crop"]), default=None, help="Training crop: padded (the papers'), RandomResizedCrop, or auto (resized from 96 px).")
 @click.option("--data-storage", type=click.Choice(["auto", "memory", "disk"]), default=None, help="Decoded images in memory, or read per batch from the on-disk cache (auto: disk above 2 GiB).")
@@ -179,7 +180,7 @@ def _default_out(cfg) -> Path:
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
 def compress(dataset, data_dir, teacher, teacher_arch, teacher_norm, teacher_finetune_epochs, student, method, epochs, teacher_epochs,
              batch_size, lr, kd_alpha, kd_temperature, ig_p, ig_blend, ig_steps, ig_method,
-             ig_target, ig_baseline, input_size, train_subset, augment, data_storage, skip_bad_images, out,
+             ig_target, ig_baseline, input_size, student_input_size, train_subset, augment, data_storage, skip_bad_images, out,
              device, seed,
              recipe, config_file, sets, latency_budget, speedup, budget_batch, budget_percentile,
              budget_precision, target, select_epochs, no_bench, int8, qat_epochs, resume, force,
@@ -204,6 +205,7 @@ def compress(dataset, data_dir, teacher, teacher_arch, teacher_norm, teacher_fin
         "teacher.train.epochs": teacher_epochs, "student.train.batch_size": batch_size,
         "teacher.train.batch_size": batch_size, "student.train.lr": lr, "kd.alpha": kd_alpha,
         "kd.temperature": kd_temperature, "data.input_size": input_size,
+        "student.input_size": student_input_size,
         "data.train_subset": train_subset, "data.storage": data_storage, "data.augment": augment, "device": device, "seed": seed,
         "ig.p": ig_p, "ig.blend": ig_blend, "ig.steps": ig_steps, "ig.method": ig_method,
         "ig.target": ig_target, "ig.baseline": ig_baseline,

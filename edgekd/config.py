@@ -71,6 +71,9 @@ class TeacherConfig:
 class StudentConfig:
     arch: str | None = "mbv2_cifar_trunc5"  # None: chosen by the latency budget (`budget`)
     norm: str = "data"  # as teacher.norm; the papers' code fed the student raw pixels (`none`)
+    # A lower input size than the teacher's: the student downscales the same images inside
+    # the model (None: the run's input size; README: Your own teacher and your own data).
+    input_size: int | None = None
     # train.epochs counts every student epoch: with indistill the warm-up's come out of it
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -402,6 +405,16 @@ def validate(cfg: RunConfig) -> None:
             raise EdgeKDError(f"distill.{key} {value!r}: use one of {', '.join(allowed)}")
     for role in ("teacher", "student"):
         parse_norm(getattr(cfg, role).norm, f"{role}.norm")
+    if cfg.student.input_size is not None:
+        spatial = sorted({"at", "fitnet", "indistill"} & set(methods))
+        if spatial:
+            raise EdgeKDError(f"--student-input-size: {', '.join(spatial)} compare feature maps of the "
+                              "teacher's spatial size; use kd, ig or pkt, or drop --student-input-size")
+        if cfg.budget.active:
+            raise EdgeKDError("--student-input-size with a latency budget is not supported yet: "
+                              "name the student (--student)")
+        if cfg.student.input_size < 1:
+            raise EdgeKDError("--student-input-size must be a positive number of pixels")
     if cfg.teacher.finetune_epochs < 0 or (cfg.teacher.finetune_lr is not None and cfg.teacher.finetune_lr <= 0):
         raise EdgeKDError("teacher.finetune_epochs must be >= 0 and teacher.finetune_lr > 0")
     if cfg.teacher.finetune_epochs and not cfg.teacher.checkpoint:

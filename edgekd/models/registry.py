@@ -25,15 +25,32 @@ from edgekd.models.profile import count_macs, count_params
 
 
 class Classifier(nn.Module):
-    """Normalise raw [0, 1] pixels with the run's mean/std, then run the network (`body`)."""
+    """Normalise raw [0, 1] pixels with the run's mean/std, then run the network (`body`).
 
-    def __init__(self, body: nn.Module, mean: Sequence[float], std: Sequence[float]):
+    With `input_size` (a student at a lower resolution than its teacher) the pixels are first
+    downscaled to input_size x input_size inside the model: an exact box filter (average
+    pooling) for an integer factor, bilinear otherwise. The model, and its ONNX export, thus
+    take the same images as the teacher (a drop-in replacement; samples, calibration sets and
+    the device harness feed both alike) while the network computes at the lower resolution.
+    """
+
+    def __init__(self, body: nn.Module, mean: Sequence[float], std: Sequence[float],
+                 input_size: int | None = None):
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.body = body
+        self.input_size = input_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.input_size
+        if s is not None and tuple(x.shape[-2:]) != (s, s):
+            # plain ints: the exported graph has a fixed spatial size (only the batch varies)
+            h, w = int(x.shape[-2]), int(x.shape[-1])
+            if h % s == 0 and w % s == 0:
+                x = nn.functional.avg_pool2d(x, (h // s, w // s))
+            else:
+                x = nn.functional.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
         return self.body((x - self.mean) / self.std)
 
 
@@ -179,9 +196,11 @@ def create_model(
     num_classes: int,
     mean: Sequence[float] = (0.0, 0.0, 0.0),
     std: Sequence[float] = (1.0, 1.0, 1.0),
+    input_size: int | None = None,
 ) -> Classifier:
-    """Build a randomly initialised model wrapped with its input normalisation."""
-    return Classifier(create_body(name, num_classes), mean, std)
+    """Build a randomly initialised model wrapped with its input normalisation (and, with
+    `input_size`, its downscaling: see `Classifier`)."""
+    return Classifier(create_body(name, num_classes), mean, std, input_size)
 
 
 @functools.cache

@@ -93,7 +93,13 @@ def new_model(ctx: Context, role: str) -> Classifier:
     # Seeded per role so the student's init does not depend on whether the teacher was trained.
     torch.manual_seed(ctx.cfg.seed * 2 + (role == "student"))
     arch = getattr(ctx.cfg, role).arch
-    return create_model(arch, ctx.data.num_classes, *input_norm(ctx, role))
+    return create_model(arch, ctx.data.num_classes, *input_norm(ctx, role), student_resize(ctx, role))
+
+
+def student_resize(ctx: Context, role: str = "student") -> int | None:
+    """The lower input size a student downscales the run's images to (None: the run's)."""
+    s = ctx.cfg.student.input_size if role == "student" else None
+    return s if s is not None and s != ctx.data.input_size else None
 
 
 def load_run_model(ctx: Context, name: str) -> Classifier:

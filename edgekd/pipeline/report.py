@@ -22,6 +22,8 @@ def _model_entry(ctx: Context, role: str) -> dict:
         "arch": arch,
         "params": count_params(model),
         "macs": count_macs(model, ctx.data.input_size),
+        # what the network computes at (a student may downscale the run's images first)
+        "input_size": getattr(model, "input_size", None) or ctx.data.input_size,
         "accuracy": round(training["last_epoch"]["test_acc"], 2),
         # Without a validation split (`--recipe paper`) the best epoch could only be chosen on
         # the test split itself: no figure rather than an optimistic one.

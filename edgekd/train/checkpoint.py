@@ -73,6 +73,7 @@ def save_model(model: Classifier, path: str | Path, arch: str, classes: list[str
             "classes": list(classes),
             "mean": model.mean.flatten().tolist(),
             "std": model.std.flatten().tolist(),
+            **({"resize_to": model.input_size} if getattr(model, "input_size", None) else {}),
             "edgekd_version": __version__,
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             **meta,
@@ -106,7 +107,8 @@ def load_model(path: str | Path, arch: str | None = None, num_classes: int | Non
                 f"{num_classes}: use a checkpoint trained on this data set, or fine-tune it "
                 "(--teacher-finetune-epochs N)"
             )
-        model = create_model(meta["arch"], meta["num_classes"], meta["mean"], meta["std"])
+        model = create_model(meta["arch"], meta["num_classes"], meta["mean"], meta["std"],
+                             meta.get("resize_to"))
         _load_state(model, state, path, meta["arch"], what)
     elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         if arch is None or num_classes is None:

@@ -32,6 +32,15 @@ def prepare_data(run_cfg: RunConfig, reporter=None) -> Dataset:
     if reporter is not None and hasattr(reporter, "on_progress"):
         def progress(done, total, what):
             reporter.on_progress("data", done, total, f"decoding {what}")
+    small = run_cfg.student.input_size
+    if small is not None:
+        arch = run_cfg.student.arch
+        if small > size:
+            raise ModelError(f"--student-input-size {small} is above the run's input size {size}: "
+                             "the student sees the teacher's images downscaled, never enlarged")
+        if arch and small < min_input_size(arch):
+            raise ModelError(f"--student-input-size {small} is below what the student {arch} takes: "
+                             f"its total stride is {min_input_size(arch)}")
     data = load_dataset(cfg.dataset, size, cfg.data_dir, cfg.val_fraction, cfg.split_seed,
                         storage=cfg.storage, skip_bad_images=cfg.skip_bad_images, progress=progress)
     if cfg.train_subset is not None and cfg.train_subset < 1.0:

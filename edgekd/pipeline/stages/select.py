@@ -18,7 +18,7 @@ import tempfile
 import torch
 
 from edgekd.errors import EdgeKDError, SelectError
-from edgekd.pipeline.context import Context, input_norm, on_main, train_stage
+from edgekd.pipeline.context import Context, input_norm, on_main, student_resize, train_stage
 from edgekd.pipeline.rundir import stage_key
 from edgekd.pipeline.stage import Stage
 from edgekd.pipeline.stages.warmup import epoch_plan, plan_epochs, warmup_pairs
@@ -204,7 +204,8 @@ class SelectStage(Stage):
         out = {}
         for i, name in enumerate(names):
             torch.manual_seed(ctx.cfg.seed * 2 + 1)
-            model = create_model(name, ctx.data.num_classes, *input_norm(ctx, "student"))
+            model = create_model(name, ctx.data.num_classes, *input_norm(ctx, "student"),
+                                 student_resize(ctx))
             tcfg = dataclasses.replace(ctx.cfg.student.train, epochs=b.select_epochs)
             ctx.reporter.stage("select", "note", f"trial {i + 1}/{len(names)}: {name}, "
                                f"{b.select_epochs} epochs")

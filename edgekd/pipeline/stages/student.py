@@ -68,7 +68,8 @@ class StudentStage(Stage):
                          cfg.distill.__dict__, init, ctx.run.output_hash("teacher.pt"),
                          ctx.data.fingerprint(), cfg.seed, ctx.device.type,
                          augment_settings(ctx).__dict__, *ig, scfg.norm, plan_epochs(ctx),
-                         *([source, ctx.run.output_hash(source)] if source == AUX else []))
+                         *([source, ctx.run.output_hash(source)] if source == AUX else []),
+                         *([{"input_size": scfg.input_size}] if scfg.input_size is not None else []))
 
     def run(self, ctx: Context, key: str) -> None:
         cfg, scfg = ctx.cfg, ctx.cfg.student
