@@ -128,6 +128,10 @@ class MapRows:
     def __getstate__(self):
         return {**self.__dict__, "_fd": None, "_pid": -1}
 
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None and self._pid == os.getpid():
+            os.close(self._fd)
+
     def __getitem__(self, idx) -> torch.Tensor:
         if self._fd is None or self._pid != os.getpid():
             self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
