@@ -1,4 +1,5 @@
-"""Atomic file writes and hashing: a reader never sees a half-written file."""
+"""Atomic file writes and hashing (a reader never sees a half-written file), positioned reads
+of large files, and a lock one process at a time holds on a shared folder."""
 
 from __future__ import annotations
 
@@ -70,3 +71,52 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+READ_MAX = 256 << 20  # bytes per preadv call (Linux returns at most ~2 GiB per call)
+
+
+class PreadFile:
+    """A read-only file read at offsets with `os.preadv` into the caller's buffers: nothing is
+    mapped, so only the buffers count as resident. The descriptor is opened on first use in
+    each process (DataLoader workers fork) and closed with the object."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._fd: int | None = None
+        self._pid = -1
+
+    def __getstate__(self):
+        return {**self.__dict__, "_fd": None, "_pid": -1}
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None and self._pid == os.getpid():
+            os.close(self._fd)
+
+    def read_into(self, buf: memoryview, offset: int) -> bool:
+        """Fill `buf` (bytes) from `offset`; False when the file ends first."""
+        if self._fd is None or self._pid != os.getpid():
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        done = 0
+        while done < len(buf):
+            got = os.preadv(self._fd, [buf[done : done + READ_MAX]], offset + done)
+            if got <= 0:
+                return False
+            done += got
+        return True
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `.<name>.lock` beside `folder` (waiting for it):
+    one process at a time fills a cache folder that several share."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -112,11 +112,11 @@ def test_an_interrupted_decode_resumes_where_it_stopped(tmp_path):
 
 
 def test_the_store_reads_in_pieces_and_indexes_like_a_tensor(folder, monkeypatch):
-    from edgekd.data import store as store_mod
+    from edgekd import io
 
     mem = load_dataset(f"imagefolder:{folder}", 24, storage="memory").test.images
     disk = load_dataset(f"imagefolder:{folder}", 24, storage="disk").test.images
-    monkeypatch.setattr(store_mod, "READ_MAX", 1000)  # many reads per run of rows
+    monkeypatch.setattr(io, "READ_MAX", 1000)  # many reads per run of rows
     assert torch.equal(disk[:], mem)
     assert torch.equal(disk[-1], mem[-1]) and torch.equal(disk[torch.tensor(3)], mem[3])
     assert torch.equal(disk[np.array([-2, 0])], mem[[-2, 0]])

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from edgekd.errors import EdgeKDError
-from edgekd.io import write_json
+from edgekd.io import PreadFile, write_json
 
 FORMAT, VERSION = "edgekd.ig-cache", 1
 MAPS, SCALES, MANIFEST = "maps.npy", "scales.npy", "manifest.json"
@@ -120,26 +120,16 @@ class MapRows:
         self.row = int(np.prod(self.shape[1:])) * m.dtype.itemsize
         self.device = torch.device("cpu")
         del m
-        self._fd, self._pid = None, -1
+        self._file = PreadFile(path)
 
     def __len__(self) -> int:
         return self.shape[0]
 
-    def __getstate__(self):
-        return {**self.__dict__, "_fd": None, "_pid": -1}
-
-    def __del__(self):
-        if getattr(self, "_fd", None) is not None and self._pid == os.getpid():
-            os.close(self._fd)
-
     def __getitem__(self, idx) -> torch.Tensor:
-        if self._fd is None or self._pid != os.getpid():
-            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
         rows = np.asarray(idx.cpu() if isinstance(idx, torch.Tensor) else idx, dtype=np.int64).reshape(-1)
         out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
         for k, r in enumerate(rows):
-            buf = memoryview(out[k]).cast("B")
-            if os.preadv(self._fd, [buf], self.offset + int(r) * self.row) != self.row:
+            if not self._file.read_into(memoryview(out[k]).cast("B"), self.offset + int(r) * self.row):
                 raise CacheError(f"{self.path} is truncated: recompute the maps with `edgekd ig compute RUN_DIR`")
         t = torch.from_numpy(out)
         return t.to(torch.float16).div_(255) if self.dtype == np.uint8 else t

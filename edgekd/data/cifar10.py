@@ -9,8 +9,9 @@ import torch
 
 from edgekd.data.cache import cache_dir
 from edgekd.data.dataset import Dataset, Split, resize_uint8, stratified_split, use_disk
-from edgekd.data.store import StoreWriter, building, open_store
+from edgekd.data.store import StoreWriter, open_store
 from edgekd.errors import DataError
+from edgekd.io import folder_lock
 
 # The papers' teacher normalisation (PAPERS.md): kept so a paper teacher checkpoint fits.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -60,7 +61,7 @@ def load_cifar10(
         source = str(root.resolve())
         store = open_store(folder)
         if store is None or store.manifest.get("source") != source:
-            with building(folder):  # torchrun ranks share the cache: one decodes
+            with folder_lock(folder):  # torchrun ranks share the cache: one decodes
                 store = open_store(folder)
                 if store is None or store.manifest.get("source") != source:
                     w = StoreWriter(folder, len(images), (3, input_size, input_size), {"source": source})

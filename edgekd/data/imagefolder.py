@@ -21,9 +21,9 @@ from torchvision.transforms.v2 import functional as TF
 
 from edgekd.data.cache import cache_dir
 from edgekd.data.dataset import Dataset, Split, channel_stats, stratified_split, use_disk
-from edgekd.data.store import ImageStore, StoreWriter, building, open_store
+from edgekd.data.store import ImageStore, StoreWriter, open_store
 from edgekd.errors import DataError
-from edgekd.io import write_json
+from edgekd.io import folder_lock, write_json
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 
@@ -111,7 +111,7 @@ def _load_split(files: dict[str, list[Path]], classes: list[str], size: int, dis
     folder = cache_dir("imagefolder") / key.hexdigest()[:32]
     store = open_store(folder)
     if store is None:
-        with building(folder):  # another process may be decoding it: wait, then look again
+        with folder_lock(folder):  # another process may be decoding it: wait, then look again
             store = open_store(folder)
             if store is None:
                 _build_store(folder, paths, labels, size, what, progress)

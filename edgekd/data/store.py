@@ -1,9 +1,9 @@
 """Decoded images on disk: one raw uint8 file (N x 3 x H x W, C order) plus a manifest.
 
-`ImageStore` reads rows with `os.pread` into fresh buffers, so a process holds only the batches
-it is using: the file's pages live in the kernel's page cache (shared, reclaimable, warm after
-the first epoch), not in the process's resident set, and peak RSS does not grow with the data
-set. A memory map would read as fast but count every page it touched as resident.
+`ImageStore` reads rows with `os.preadv` (`edgekd.io.PreadFile`) into fresh buffers, so a
+process holds only the batches it is using: the file's pages live in the kernel's page cache
+(shared, reclaimable, warm after the first epoch), not in the process's resident set, and peak
+RSS does not grow with the data set. A memory map would read as fast but count every page it touched as resident.
 
 `StoreWriter` fills a store row by row and can be resumed: rows are flushed before the count
 of finished rows is recorded, and the manifest is written (atomically) only when all are in.
@@ -11,7 +11,6 @@ of finished rows is recorded, and the manifest is written (atomically) only when
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -21,22 +20,10 @@ import numpy as np
 import torch
 
 from edgekd.errors import DataError
-from edgekd.io import write_json
+from edgekd.io import PreadFile, write_json
 
 FORMAT = "edgekd.image-store"
 RAW, MANIFEST, PROGRESS = "images.u8", "manifest.json", "progress.json"
-
-
-READ_MAX = 256 << 20  # bytes per preadv call (Linux returns at most ~2 GiB per call)
-
-
-def _pread_into(fd: int, buf: memoryview, offset: int, what: Path) -> None:
-    done = 0
-    while done < len(buf):
-        got = os.preadv(fd, [buf[done : done + READ_MAX]], offset + done)
-        if got <= 0:
-            raise DataError(f"{what} is truncated: delete {what.parent} to rebuild it")
-        done += got
 
 
 class ImageStore:
@@ -45,9 +32,6 @@ class ImageStore:
     Supports what stages do with an image tensor: `len`, `.shape`, `store[i]`, `store[a:b]`,
     `store[indices]` (a tensor, array or list of ints) and `subset(indices)` (a view, no copy).
     """
-
-    _fd: int | None = None
-    _pid: int = -1
 
     def __init__(self, folder: str | os.PathLike, rows: np.ndarray | None = None):
         self.folder = Path(folder)
@@ -58,25 +42,11 @@ class ImageStore:
         self._shape = tuple(m["shape"])  # of the whole file
         self._row = int(np.prod(self._shape[1:]))
         self._rows = rows  # None: all rows in file order; else the rows of this view
-        self._fd: int | None = None
-        self._pid = -1
+        self._raw = PreadFile(self.folder / RAW)
         size = (self.folder / RAW).stat().st_size
         if size != self._shape[0] * self._row:
             raise DataError(f"{self.folder / RAW} is truncated ({size} bytes): delete "
                             f"{self.folder} to rebuild it")
-
-    # the file descriptor is reopened in each process (DataLoader workers fork)
-    def _file(self) -> int:
-        if self._fd is None or self._pid != os.getpid():
-            self._fd, self._pid = os.open(self.folder / RAW, os.O_RDONLY), os.getpid()
-        return self._fd
-
-    def __getstate__(self):
-        return {**self.__dict__, "_fd": None, "_pid": -1}
-
-    def __del__(self):
-        if self._fd is not None and self._pid == os.getpid():
-            os.close(self._fd)
 
     def __len__(self) -> int:
         return self._shape[0] if self._rows is None else len(self._rows)
@@ -120,19 +90,20 @@ class ImageStore:
         rows = self._file_rows(key)
         out = np.empty((len(rows), *self._shape[1:]), dtype=np.uint8)
         flat = out.reshape(len(rows), self._row)
-        fd, i = self._file(), 0
+        i = 0
         while i < len(rows):  # coalesce runs of consecutive rows into one read
             j = i + 1
             while j < len(rows) and rows[j] == rows[j - 1] + 1:
                 j += 1
-            _pread_into(fd, memoryview(flat[i:j]).cast("B"), int(rows[i]) * self._row, self.folder / RAW)
+            if not self._raw.read_into(memoryview(flat[i:j]).cast("B"), int(rows[i]) * self._row):
+                raise DataError(f"{self.folder / RAW} is truncated: delete {self.folder} to rebuild it")
             i = j
         t = torch.from_numpy(out)
         return t[0] if self._scalar(key) else t
 
     def subset(self, indices) -> ImageStore:
         view = ImageStore.__new__(ImageStore)
-        view.__dict__.update(self.__getstate__())
+        view.__dict__.update(self.__dict__)  # the same file, read through the same descriptor
         view._rows = self._file_rows(indices)
         view._digest = None
         return view
@@ -189,22 +160,6 @@ class StoreWriter:
                                             **self.meta})
         (self.folder / PROGRESS).unlink(missing_ok=True)
         return ImageStore(self.folder)
-
-
-@contextlib.contextmanager
-def building(folder: str | os.PathLike):
-    """Hold `folder`'s build lock: one process decodes a store (torchrun ranks and parallel
-    runs share the cache), the others wait and then find it complete."""
-    import fcntl
-
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def open_store(folder: str | os.PathLike) -> ImageStore | None:

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from edgekd import distributed
-from edgekd.io import sha256_json
+from edgekd.io import folder_lock, sha256_json
 from edgekd.pipeline.context import IG_DIR, Context, Reporter, augment_settings, load_run_model
 from edgekd.pipeline.stage import Stage
 from edgekd.train import engine
@@ -53,15 +53,8 @@ def _exclusive(folder: Path):
     if distributed.requested():
         yield
         return
-    import fcntl
-
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with folder_lock(folder):
+        yield
 
 
 def compute_ig(ctx: Context, force: bool = False, progress=None):
