@@ -46,11 +46,6 @@ class Split:
             return Split(self.images.subset(idx), self.labels[idx])
         return Split(self.images[idx], self.labels[idx])
 
-    def chunks(self, size: int = 512):
-        """(start, uint8 tensor) of consecutive rows, bounded memory on both storages."""
-        for a in range(0, len(self), size):
-            yield a, self.images[a : a + size]
-
 
 @dataclass
 class Dataset:

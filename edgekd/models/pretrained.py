@@ -3,9 +3,10 @@
 
 Weights come from the local caches (torch hub's `checkpoints/` folder, the Hugging Face hub
 cache) and are downloaded into them when the machine is online. Both are read as data only:
-torchvision's `.pth` files through `torch.load(weights_only=True)`, timm's `.safetensors`
-(or `.bin` through `weights_only=True`) by timm's own loader, which also adapts the weights to
-the model (a classifier of another class count is dropped and initialised anew).
+torchvision's `.pth` files by torchvision's own builder (`torch.load` with weights_only, the
+default of torch >= 2.6), timm's `.safetensors` by timm's loader, which also adapts the
+weights to the model (a classifier of another class count is dropped and made anew), and a
+timm `.bin` here with `torch.load(weights_only=True)`, whatever timm's version would do.
 """
 
 from __future__ import annotations
