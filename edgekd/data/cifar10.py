@@ -9,9 +9,8 @@ import torch
 
 from edgekd.data.cache import cache_dir
 from edgekd.data.dataset import Dataset, Split, resize_uint8, stratified_split, use_disk
-from edgekd.data.store import StoreWriter, open_store
+from edgekd.data.store import StoreWriter, open_or_build
 from edgekd.errors import DataError
-from edgekd.io import folder_lock
 
 # The papers' teacher normalisation (PAPERS.md): kept so a paper teacher checkpoint fits.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -59,16 +58,14 @@ def load_cifar10(
         # Resized a chunk at a time into an on-disk store: 50k images at 224 px are 7.5 GB.
         folder = cache_dir("cifar10-store", f"{name}-{input_size}")
         source = str(root.resolve())
-        store = open_store(folder)
-        if store is None or store.manifest.get("source") != source:
-            with folder_lock(folder):  # torchrun ranks share the cache: one decodes
-                store = open_store(folder)
-                if store is None or store.manifest.get("source") != source:
-                    w = StoreWriter(folder, len(images), (3, input_size, input_size), {"source": source})
-                    for a in range(w.done, len(images), 1024):
-                        w.write(a, resize_uint8(images[a : a + 1024], input_size).numpy())
-                    store = w.finish()
-        return Split(store, labels)
+
+        def build() -> None:
+            w = StoreWriter(folder, len(images), (3, input_size, input_size), {"source": source})
+            for a in range(w.done, len(images), 1024):
+                w.write(a, resize_uint8(images[a : a + 1024], input_size).numpy())
+            w.finish()
+
+        return Split(open_or_build(folder, build, lambda s: s.manifest.get("source") == source), labels)
 
     full_train, test = to_split(train_ds, "train"), to_split(test_ds, "test")
     train_idx, val_idx = stratified_split(full_train.labels.numpy(), val_fraction, split_seed)

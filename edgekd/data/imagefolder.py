@@ -21,9 +21,9 @@ from torchvision.transforms.v2 import functional as TF
 
 from edgekd.data.cache import cache_dir
 from edgekd.data.dataset import Dataset, Split, channel_stats, stratified_split, use_disk
-from edgekd.data.store import ImageStore, StoreWriter, open_store
+from edgekd.data.store import ImageStore, StoreWriter, open_or_build
 from edgekd.errors import DataError
-from edgekd.io import folder_lock, write_json
+from edgekd.io import write_json
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 
@@ -109,13 +109,7 @@ def _load_split(files: dict[str, list[Path]], classes: list[str], size: int, dis
         st = p.stat()
         key.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     folder = cache_dir("imagefolder") / key.hexdigest()[:32]
-    store = open_store(folder)
-    if store is None:
-        with folder_lock(folder):  # another process may be decoding it: wait, then look again
-            store = open_store(folder)
-            if store is None:
-                _build_store(folder, paths, labels, size, what, progress)
-                store = ImageStore(folder)
+    store = open_or_build(folder, lambda: _build_store(folder, paths, labels, size, what, progress))
     bad = json.loads((folder / "bad.json").read_text()) if (folder / "bad.json").is_file() else []
     if bad and not skip_bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""

@@ -14,13 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from edgekd.errors import DataError
-from edgekd.io import PreadFile, write_json
+from edgekd.io import PreadFile, folder_lock, write_json
 
 FORMAT = "edgekd.image-store"
 RAW, MANIFEST, PROGRESS = "images.u8", "manifest.json", "progress.json"
@@ -160,6 +161,21 @@ class StoreWriter:
                                             **self.meta})
         (self.folder / PROGRESS).unlink(missing_ok=True)
         return ImageStore(self.folder)
+
+
+def open_or_build(folder: str | os.PathLike, build: Callable[[], object],
+                  valid: Callable[[ImageStore], bool] = lambda store: True) -> ImageStore:
+    """The complete store in `folder`, made by `build()` when there is none (or it is not
+    `valid`): one process at a time builds (torchrun ranks and parallel runs share the
+    cache); the others wait for the lock and then find it complete."""
+    store = open_store(folder)
+    if store is None or not valid(store):
+        with folder_lock(folder):
+            store = open_store(folder)
+            if store is None or not valid(store):
+                build()
+                store = ImageStore(folder)
+    return store
 
 
 def open_store(folder: str | os.PathLike) -> ImageStore | None:
