@@ -167,8 +167,9 @@ def make_entropy_calibrator(images: Any, batch_size: int, cache_path: PathLike,
     When the cache file exists TensorRT reads it and skips calibration, so key `cache_path` by
     the ONNX model and calibration set (their sha256) to avoid reusing a stale cache. The
     builder must calibrate at `batch_size` (for a dynamic batch axis: a calibration profile).
-    A CUDA context must be current (the device's primary one, before the Builder exists). A
-    cache from another TensorRT version or GPU is calibrated again (CalibrationCache).
+    A CUDA context must be current (the device's primary one, before the Builder exists), and
+    `free()` releases the calibrator's device buffer before that context is popped. A cache
+    from another TensorRT version or GPU is calibrated again (CalibrationCache).
 
     TensorRT's trampoline prints an exception raised in a callback and carries on as if there
     were no more batches (or no cache): each callback keeps the first error in `.error`
@@ -194,6 +195,12 @@ def make_entropy_calibrator(images: Any, batch_size: int, cache_path: PathLike,
             self._iter = iter(batches)  # one pass; TensorRT stops at the first None
             self._device = cuda.mem_alloc(batches.batch_nbytes)
 
+        def free(self) -> None:
+            """Free the device buffer now, while the context it lives in is still current."""
+            device, self._device = self._device, None
+            if device is not None:
+                device.free()
+
         def _keep(self, what: str, e: BaseException) -> None:
             if self.error is None:
                 self.error = f"{what}: {type(e).__name__}: {e}"
@@ -208,7 +215,7 @@ def make_entropy_calibrator(images: Any, batch_size: int, cache_path: PathLike,
                         f"the calibrator feeds one input, the network has {list(names)}"
                     )
                 batch = next(self._iter, None)
-                if batch is None:
+                if batch is None or self._device is None:
                     return None
                 cuda.memcpy_htod(self._device, batch)
                 return [int(self._device)]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import importlib
-import inspect
 import json
 import os
 from typing import Any, Dict, Optional, Sequence
@@ -129,18 +128,13 @@ def engine_for(onnx_path: str, onnx_sha256: str, precision: str, cache_dir: str,
     below `max_batch`) is rebuilt. The timing cache is named by TensorRT version and GPU too."""
     try:
         import tensorrt as trt
-    except ImportError as e:
-        raise RunnerUnavailable("--backend tensorrt needs TensorRT's Python bindings on the device "
-                                "(%s): on a Jetson, sudo apt install python3-libnvinfer" % e) from e
-    try:
-        builder = importlib.import_module(__package__ + ".trt_build")
-    except ImportError as e:
-        raise DeployError("this bundle has no TensorRT engine builder (deploy/trt_build.py: %s): "
-                          "update edgekd on the workstation and deploy again" % e) from e
+    except (ImportError, OSError) as e:  # OSError: bindings present, libnvinfer missing
+        raise RunnerUnavailable("TensorRT unavailable on this device: %s (%s); on a Jetson, sudo "
+                                "apt install python3-libnvinfer" % (type(e).__name__, e)) from None
+    builder = importlib.import_module(__package__ + ".trt_build")
     device = _gpu_name()
-    key_doc = {"onnx_sha256": onnx_sha256, "tensorrt": trt.__version__, "device": device,
-               "precision": precision}
-    key = hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()[:24]
+    key_doc = builder.engine_key_doc(onnx_sha256, trt.__version__, device, precision)
+    key = builder.engine_key(onnx_sha256, trt.__version__, device, precision)
     os.makedirs(cache_dir, exist_ok=True)
     path = os.path.join(cache_dir, key + ".engine")
     meta_path = os.path.join(cache_dir, key + ".json")
@@ -157,30 +151,14 @@ def engine_for(onnx_path: str, onnx_sha256: str, precision: str, cache_dir: str,
     build = None
     if not cached:
         timing = hashlib.sha256(json.dumps([trt.__version__, device]).encode()).hexdigest()[:12]
-        build = _call_builder(builder, onnx_path, path, precision, max_batch=max_batch,
-                              calib_dir=calib_dir, opt_batches=batches,
-                              timing_cache=os.path.join(cache_dir, "timing-%s.cache" % timing))
+        build = builder.build_engine(onnx_path, path, precision, max_batch=max_batch,
+                                     calib_dir=calib_dir, opt_batches=batches,
+                                     timing_cache=os.path.join(cache_dir, "timing-%s.cache" % timing))
         if not os.path.isfile(path):
             raise DeployError("deploy/trt_build.py did not write %s" % path)
         write_json_atomic(meta_path, dict(key_doc, onnx=os.path.basename(onnx_path), max_batch=max_batch,
                                           opt_batches=batches))
     return dict(key_doc, path=path, cached=cached, max_batch=max_batch, opt_batches=batches, build=build)
-
-
-def _call_builder(builder: Any, onnx_path: str, engine_path: str, precision: str,
-                  **optional: Any) -> Any:
-    """Call deploy.trt_build.build_engine with the arguments its signature names (precision,
-    and those of `optional` it takes: max_batch, calib_dir, timing_cache); returns its result."""
-    fn = getattr(builder, "build_engine", None)
-    if fn is None:
-        raise DeployError("deploy/trt_build.py has no build_engine(): update edgekd and deploy again")
-    params = inspect.signature(fn).parameters
-    kwargs: Dict[str, Any] = {}
-    for name, value in [("precision", precision), ("fp16", precision == "fp16"),
-                        ("int8", precision == "int8")] + sorted(optional.items()):
-        if name in params and value is not None:
-            kwargs[name] = value
-    return fn(onnx_path, engine_path, **kwargs)
 
 
 def _gpu_name() -> str:

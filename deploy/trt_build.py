@@ -1,22 +1,29 @@
 """ONNX -> serialized TensorRT engine (FP32, FP16, INT8), on the device that will run it.
 
-TensorRT 8.6, 10 and 11 are told apart at run time by what the `tensorrt` module offers,
-not by parsing its version alone (`detect_api`): build_serialized_network, memory pool
+TensorRT 8.5 (JetPack 5.1), 8.6, 10 and 11 are told apart at run time by what the `tensorrt`
+module offers, not by parsing its version alone (`detect_api`): build_serialized_network, memory pool
 limits (set_memory_pool_limit; max_workspace_size before 8.4), the EXPLICIT_BATCH network
 flag (needed before 10, deprecated in 10, gone in 11), strongly typed networks, timing
 caches, INT8 calibrators (TensorRT <= 10) and builder precision flags.
 
 INT8 comes one of two ways:
 - explicit: the ONNX holds Q/DQ nodes (`edgekd quantize` for a jetson target writes them
-  TensorRT-style: symmetric, zero point 0). TensorRT 8.6/10 build it with BuilderFlag.INT8;
+  TensorRT-style: symmetric, zero point 0). TensorRT 8.5 to 10 build it with BuilderFlag.INT8;
   TensorRT 11, where that flag is gone, as a strongly typed network. The only INT8 route on 11.
 - implicit (TensorRT <= 10): an FP32 ONNX plus a calibration set folder (calibration/'s
   format) fed to IInt8EntropyCalibrator2, with its cache file beside the engine.
 
 Typing: TensorRT 10.12 deprecated weak typing (precision set by builder flags), so from 10.12
-on a Q/DQ model builds as a strongly typed network, its types fixed by the Q/DQ nodes; 8.6 to
-10.11 use the INT8 (+ FP16) flags. TensorRT 11 networks are always strongly typed (its
-STRONGLY_TYPED flag, enum value 0 there, is ignored and not passed).
+on a Q/DQ model builds as a strongly typed network, its types fixed by the Q/DQ nodes; 8.5 to
+10.11 use the INT8 flag. TensorRT 11 networks are always strongly typed (its STRONGLY_TYPED
+flag, enum value 0 there, is ignored and not passed).
+
+What "int8" means (LAYER_POLICY): INT8 where the model is quantized (its Q/DQ nodes, or every
+layer the calibrator covers), FP32 everywhere else, on every route and TensorRT version. It is
+the one policy all routes can keep: a strongly typed network runs an FP32 model's unquantized
+layers in FP32 and has no FP16 flag, so adding FP16 on the weakly typed routes would make the
+same word mean a faster engine on TensorRT 8.6 than on 10.12. The policy is recorded with every
+build and is part of the engine's cache key.
 
 Profiles: one optimisation profile per batch size that will be measured (`opt_batches`), each
 tuned (opt) at its batch and covering the batches above the previous one, so kernels are chosen
@@ -49,6 +56,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .errors import DeployError, RunnerUnavailable
 
 PRECISIONS = ("fp32", "fp16", "int8")
+# The precision of every layer an engine of each precision runs: see the module docstring.
+LAYER_POLICY = {"fp32": "fp32", "fp16": "fp16 (fp32 where TensorRT has no fp16 kernel)",
+                "int8": "int8 where quantized, fp32 elsewhere"}
 INSTALL_HINT = (
     "install TensorRT's Python bindings: on a Jetson `sudo apt install python3-libnvinfer` "
     "(part of JetPack), elsewhere `pip install tensorrt`"
@@ -64,8 +74,8 @@ def import_tensorrt() -> Any:
     try:
         return importlib.import_module("tensorrt")
     except (ImportError, OSError) as e:  # OSError: bindings present, libnvinfer missing
-        raise RunnerUnavailable("building a TensorRT engine needs tensorrt (%s): %s"
-                                % (e, INSTALL_HINT)) from None
+        raise RunnerUnavailable("TensorRT unavailable on this device: %s (%s); %s"
+                                % (type(e).__name__, e, INSTALL_HINT)) from None
 
 
 def _version(trt: Any) -> Tuple[int, int]:
@@ -102,13 +112,15 @@ def detect_api(trt: Any) -> Dict[str, Any]:
     }
 
 
-def engine_key(onnx_sha256: str, trt_version: str, device: str, precision: str) -> str:
-    """The cache key of an engine: 24 hex digits of the sha256 of the four facts as JSON.
+def engine_key_doc(onnx_sha256: str, trt_version: str, device: str, precision: str) -> Dict[str, str]:
+    """What an engine depends on: the model, TensorRT, the GPU, the precision and its policy."""
+    return {"onnx_sha256": onnx_sha256, "tensorrt": trt_version, "device": device,
+            "precision": precision, "layers": LAYER_POLICY[precision]}
 
-    Identical to deploy.run_bundle.engine_for's key document, so both name the same file.
-    """
-    doc = {"onnx_sha256": onnx_sha256, "tensorrt": trt_version, "device": device,
-           "precision": precision}
+
+def engine_key(onnx_sha256: str, trt_version: str, device: str, precision: str) -> str:
+    """The cache key of an engine: 24 hex digits of the sha256 of `engine_key_doc` as JSON."""
+    doc = engine_key_doc(onnx_sha256, trt_version, device, precision)
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -151,18 +163,26 @@ def profile_ranges(batches: Sequence[int]) -> List[Tuple[int, int, int]]:
 
 
 def primary_context() -> Any:
-    """The device's primary CUDA context, made current (pop() and detach() it when done)."""
+    """The device's primary CUDA context, made current: pop() it when done, and only that.
+
+    pycuda's detach() of a primary context that is no longer current pushes it again and
+    releases it without popping, so pop() + detach() would leave an entry on the driver's
+    context stack per build; pycuda's own autoprimaryctx only pops.
+    """
     try:
         cuda = importlib.import_module("pycuda.driver")
     except (ImportError, OSError) as e:
-        raise RunnerUnavailable("INT8 calibration needs pycuda (%s): pip install pycuda" % e) from None
+        raise RunnerUnavailable("TensorRT INT8 calibration unavailable on this device: pycuda "
+                                "does not load (%s: %s); pip install pycuda"
+                                % (type(e).__name__, e)) from None
     try:
         cuda.init()
         ctx = cuda.Device(0).retain_primary_context()
         ctx.push()
     except Exception as e:  # pycuda raises its own error types when no GPU is usable
-        raise RunnerUnavailable("cannot use the GPU's CUDA context (%s): check the GPU and its "
-                                "driver (nvidia-smi)" % e) from None
+        raise RunnerUnavailable("TensorRT unavailable on this device: CUDA does not start (%s: "
+                                "%s); check the GPU and its driver (nvidia-smi)"
+                                % (type(e).__name__, e)) from None
     return ctx
 
 
@@ -259,8 +279,7 @@ def build_engine(
                       calib_batch, workspace_mb, timing_cache)
     finally:
         if cuda_ctx is not None:
-            cuda_ctx.pop()
-            cuda_ctx.detach()
+            cuda_ctx.pop()  # pop only: see primary_context
 
 
 def _build(trt: Any, api: Dict[str, Any], onnx_path: str, engine_path: str, precision: str,
@@ -281,94 +300,55 @@ def _build(trt: Any, api: Dict[str, Any], onnx_path: str, engine_path: str, prec
     base_flags = ["EXPLICIT_BATCH"] if api["explicit_batch_flag"] else []
     network = network_with(base_flags)
     explicit = _has_qdq(trt, network)
+    name = os.path.basename(onnx_path)
+    if explicit and precision != "int8":
+        raise TrtBuildError("%s holds Q/DQ nodes (an INT8 model): build it with precision int8, "
+                            "or pass the FP32 model for %s" % (name, precision))
     config = builder.create_builder_config()
     workspace = int(workspace_mb) << 20
     if api["memory_pool"]:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
     else:
         config.max_workspace_size = workspace
-    info: Dict[str, Any] = {"precision": precision, "tensorrt": api["version"],
-                            "explicit_quantization": explicit, "calibration_cache": None}
+    info: Dict[str, Any] = {"precision": precision, "layers": LAYER_POLICY[precision],
+                            "tensorrt": api["version"], "explicit_quantization": explicit,
+                            "calibration_cache": None}
     calibrator = None
-    if precision == "fp32" and explicit:
-        raise TrtBuildError("%s holds Q/DQ nodes (an INT8 model): build it with precision int8"
-                            % os.path.basename(onnx_path))
-    if precision == "fp16":
-        if not api["fp16_flag"]:
-            raise TrtBuildError("TensorRT %s has no FP16 builder flag (strongly typed networks "
-                                "only): export an FP16 ONNX or build fp32" % api["version"])
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif precision == "int8":
-        if explicit and api["strongly_typed_always"]:
-            info["strongly_typed"] = True  # TensorRT 11: the Q/DQ nodes fix every type
-        elif explicit and api["strongly_typed"] and (api["weak_typing_deprecated"] or not api["int8_flag"]):
-            # TensorRT >= 10.12: weak typing is deprecated; the Q/DQ nodes fix every type.
-            network = network_with(base_flags + ["STRONGLY_TYPED"])
-            info["strongly_typed"] = True
-        elif explicit and api["int8_flag"]:
-            config.set_flag(trt.BuilderFlag.INT8)  # TensorRT 8.6 .. 10.11: Q/DQ need the flag
-            if api["fp16_flag"]:
-                config.set_flag(trt.BuilderFlag.FP16)  # layers left unquantized may use FP16
-        elif explicit:
-            raise TrtBuildError("TensorRT %s offers neither BuilderFlag.INT8 nor strongly typed "
-                                "networks for this Q/DQ model" % api["version"])
-        elif not api["calibrator"]:
-            raise TrtBuildError(
-                "TensorRT %s has no INT8 calibrators and %s has no Q/DQ nodes: quantize it for "
-                "TensorRT first (edgekd quantize MODEL.onnx on a jetson target writes Q/DQ)"
-                % (api["version"], os.path.basename(onnx_path)))
-        elif calib_dir is None:
-            raise TrtBuildError(
-                "INT8 from the FP32 model %s needs a calibration set (calib_dir, the run's calib/ "
-                "folder) or a Q/DQ model (student.int8.onnx)" % os.path.basename(onnx_path))
-        else:
-            from calibration import load_calibset, make_entropy_calibrator
+    try:
+        if precision == "fp16":
+            if not api["fp16_flag"]:
+                raise TrtBuildError("TensorRT %s has no FP16 builder flag (strongly typed networks "
+                                    "only): export an FP16 ONNX or build fp32" % api["version"])
+            config.set_flag(trt.BuilderFlag.FP16)
+        elif precision == "int8" and explicit:
+            network = _explicit_int8(trt, api, config, network, network_with, base_flags, info)
+        elif precision == "int8":
+            calibrator = _calibrated_int8(trt, api, builder, config, network, name, engine_path,
+                                          calib_dir, calib_batch, info)
 
-            images = load_calibset(calib_dir, mmap=True).images
-            cache = engine_path + ".calib.cache"
-            calibrator = make_entropy_calibrator(images, calib_batch, cache)
-            config.set_flag(trt.BuilderFlag.INT8)
-            config.int8_calibrator = calibrator
-            # The calibrator feeds fixed batches of calib_batch: a profile of exactly that.
-            calib_profile = builder.create_optimization_profile()
-            for name, shape in _inputs(network):
-                fixed = profile_shapes(shape, calib_batch, calib_batch)[2]
-                calib_profile.set_shape(name, fixed, fixed, fixed)
-            config.set_calibration_profile(calib_profile)
-            info["calibration_cache"] = os.path.basename(cache)
-            info["calibration_images"] = int(len(images))
+        profiles, info["profiles"] = _profiles(builder, _inputs(network), ranges)
+        for i, profile in enumerate(profiles):
+            if config.add_optimization_profile(profile) < 0:  # -1: TensorRT found it invalid
+                raise TrtBuildError("TensorRT %s refused optimisation profile %d of %s (%s)"
+                                    % (api["version"], i, name, info["profiles"][i]))
+        info["profile"] = info["profiles"][-1]  # the largest batch's (earlier records' field)
 
-    profiles, info["profiles"] = _profiles(builder, _inputs(network), ranges)
-    for profile in profiles:
-        config.add_optimization_profile(profile)
-    info["profile"] = info["profiles"][-1]  # the largest batch's (earlier records' field)
-
-    cache_obj = None
-    if timing_cache and api["timing_cache"]:
-        data = b""
-        if os.path.isfile(timing_cache):
-            with open(timing_cache, "rb") as f:
-                data = f.read()
-        cache_obj = config.create_timing_cache(data)
-        if config.set_timing_cache(cache_obj, False) is False:
-            # Another TensorRT or GPU wrote it (TensorRT refuses a mismatch): start afresh.
-            cache_obj = config.create_timing_cache(b"")
-            if config.set_timing_cache(cache_obj, False) is False:
-                raise TrtBuildError("TensorRT %s refused an empty timing cache" % api["version"])
-            info["timing_cache_replaced"] = True
-        info["timing_cache"] = os.path.basename(timing_cache)
-    serialized = builder.build_serialized_network(network, config)
-    failed = getattr(calibrator, "error", None)
-    replaced = getattr(getattr(calibrator, "cache", None), "replaced", None)
+        cache_obj = _timing_cache(config, api, timing_cache, info) if timing_cache else None
+        serialized = builder.build_serialized_network(network, config)
+        failed = getattr(calibrator, "error", None)
+        replaced = getattr(getattr(calibrator, "cache", None), "replaced", None)
+    finally:
+        if calibrator is not None:
+            calibrator.free()  # its device buffer goes before the caller pops the context
     if replaced:
         info["calibration_cache_replaced"] = replaced  # another TensorRT's or GPU's: recalibrated
     if failed is not None:
         raise TrtBuildError("INT8 calibration of %s failed inside TensorRT's calibrator callback: "
-                            "%s" % (os.path.basename(onnx_path), failed))
+                            "%s" % (name, failed))
     if serialized is None:
         raise TrtBuildError("TensorRT %s could not build %s at %s (see its log above): try "
                             "fp32, a smaller max_batch, or more workspace_mb"
-                            % (api["version"], os.path.basename(onnx_path), precision))
+                            % (api["version"], name, precision))
     _atomic_write(engine_path, bytes(serialized))
     if cache_obj is not None:
         _atomic_write(timing_cache, bytes(cache_obj.serialize()))
@@ -376,6 +356,84 @@ def _build(trt: Any, api: Dict[str, Any], onnx_path: str, engine_path: str, prec
     info["engine"] = os.path.basename(engine_path)
     info["api"] = api
     return info
+
+
+def _explicit_int8(trt: Any, api: Dict[str, Any], config: Any, network: Any, network_with: Any,
+                   base_flags: List[str], info: Dict[str, Any]) -> Any:
+    """Set up a Q/DQ model's build; returns the network to build (re-parsed when typed)."""
+    if api["strongly_typed_always"]:
+        info["strongly_typed"] = True  # TensorRT 11: the Q/DQ nodes fix every type
+        return network
+    if api["strongly_typed"] and (api["weak_typing_deprecated"] or not api["int8_flag"]):
+        # TensorRT >= 10.12: weak typing is deprecated; the Q/DQ nodes fix every type.
+        info["strongly_typed"] = True
+        return network_with(base_flags + ["STRONGLY_TYPED"])
+    if api["int8_flag"]:
+        # TensorRT 8.5 .. 10.11: the Q/DQ layers need the INT8 flag; no FP16 flag, so layers
+        # left unquantized stay FP32 as on the strongly typed routes (LAYER_POLICY).
+        config.set_flag(trt.BuilderFlag.INT8)
+        return network
+    raise TrtBuildError("TensorRT %s offers neither BuilderFlag.INT8 nor strongly typed "
+                        "networks for this Q/DQ model" % api["version"])
+
+
+def _calibrated_int8(trt: Any, api: Dict[str, Any], builder: Any, config: Any, network: Any,
+                     name: str, engine_path: str, calib_dir: Optional[str], calib_batch: int,
+                     info: Dict[str, Any]) -> Any:
+    """Attach an entropy calibrator over the set in `calib_dir`; returns it (free() it)."""
+    if not api["calibrator"]:
+        raise TrtBuildError(
+            "TensorRT %s has no INT8 calibrators and %s has no Q/DQ nodes: quantize it for "
+            "TensorRT first (edgekd quantize MODEL.onnx on a jetson target writes Q/DQ)"
+            % (api["version"], name))
+    if calib_dir is None:
+        raise TrtBuildError(
+            "INT8 from the FP32 model %s needs a calibration set (calib_dir, the run's calib/ "
+            "folder) or a Q/DQ model (student.int8.onnx)" % name)
+    from calibration import load_calibset, make_entropy_calibrator
+
+    images = load_calibset(calib_dir, mmap=True).images
+    cache = engine_path + ".calib.cache"
+    calibrator = make_entropy_calibrator(images, calib_batch, cache)
+    try:
+        config.set_flag(trt.BuilderFlag.INT8)  # and no FP16 flag: LAYER_POLICY
+        config.int8_calibrator = calibrator
+        # The calibrator feeds fixed batches of calib_batch: a profile of exactly that.
+        calib_profile = builder.create_optimization_profile()
+        for tensor, shape in _inputs(network):
+            fixed = profile_shapes(shape, calib_batch, calib_batch)[2]
+            calib_profile.set_shape(tensor, fixed, fixed, fixed)
+        if config.set_calibration_profile(calib_profile) is False:
+            raise TrtBuildError("TensorRT %s refused the calibration profile (batch %d) of %s"
+                                % (api["version"], calib_batch, name))
+    except BaseException:
+        calibrator.free()
+        raise
+    info["calibration_cache"] = os.path.basename(cache)
+    info["calibration_images"] = int(len(images))
+    return calibrator
+
+
+def _timing_cache(config: Any, api: Dict[str, Any], path: str, info: Dict[str, Any]) -> Any:
+    """Load the timing cache at `path` into `config`, or a fresh one when TensorRT rejects it;
+    returns the cache object to serialize after the build (None without the API)."""
+    if not api["timing_cache"]:
+        return None
+    data = b""
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            data = f.read()
+    # A cache another TensorRT or GPU wrote is rejected one of two ways: create_timing_cache
+    # logs an error and returns None (a version it cannot read, TensorRT issue 3566), or
+    # set_timing_cache returns False (a mismatch). Either way: start afresh, never trust it.
+    cache = config.create_timing_cache(data)
+    if cache is None or config.set_timing_cache(cache, False) is False:
+        cache = config.create_timing_cache(b"")
+        if cache is None or config.set_timing_cache(cache, False) is False:
+            raise TrtBuildError("TensorRT %s refused an empty timing cache" % api["version"])
+        info["timing_cache_replaced"] = True
+    info["timing_cache"] = os.path.basename(path)
+    return cache
 
 
 def engine_io(engine: Any, trt: Any) -> List[Dict[str, Any]]:

@@ -118,17 +118,30 @@ def fake_tensorrt(version: str, log: dict) -> types.ModuleType:
         def set_flag(self, flag):
             self.flags.add(flag)
 
-        def add_optimization_profile(self, p):
+        def add_optimization_profile(self, p):  # the new profile's index, -1 when invalid
+            if log.get("refuse_profiles"):
+                return -1
             self.profiles.append(p)
+            return len(self.profiles) - 1
 
-        def set_calibration_profile(self, p):
+        def set_calibration_profile(self, p):  # False when TensorRT finds it invalid
+            if log.get("refuse_profiles"):
+                return False
             self.calibration_profile = p
+            return True
 
         def create_timing_cache(self, data):
+            # A cache this TensorRT cannot read (another version's format): TensorRT logs an
+            # error and returns None (TensorRT issue 3566).
+            if data.startswith(b"other-trt"):
+                log.setdefault("trt_errors", []).append("timing cache: version mismatch")
+                return None
             return TimingCache(data)
 
         def set_timing_cache(self, cache, ignore_mismatch):
-            # A cache another TensorRT version or GPU wrote is refused (returns False).
+            if cache is None:  # what the pybind11 binding does with None
+                raise TypeError("set_timing_cache(): incompatible function arguments")
+            # A cache another GPU wrote is refused (returns False).
             if cache.data.startswith(b"other-gpu"):
                 return False
             self.timing_cache = cache
@@ -188,15 +201,20 @@ def install(monkeypatch):
         monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(version, log))
         copies = []
         driver = types.ModuleType("pycuda.driver")
+        contexts = log.setdefault("contexts", [])  # the driver's context stack
+        events = log.setdefault("events", [])
+
         class DeviceBuffer(int):  # a device pointer is an int to TensorRT
-            pass
+            def free(self):
+                events.append("free buffer" if contexts else "free buffer without a context")
 
         driver.mem_alloc = lambda nbytes: DeviceBuffer(0xC0FFEE)
         driver.memcpy_htod = lambda dest, src: copies.append(src.copy())
-        contexts = log.setdefault("contexts", [])
-        events = log.setdefault("events", [])
 
         class PrimaryContext:
+            """pycuda's primary context: detach() of one that is not current pushes it and
+            releases it without popping (pycuda's primary_context::detach_internal)."""
+
             def push(self):
                 contexts.append("primary")
                 events.append("push")
@@ -206,6 +224,8 @@ def install(monkeypatch):
                 events.append("pop")
 
             def detach(self):
+                if contexts[-1:] != ["primary"]:
+                    contexts.append("primary")
                 events.append("detach")
 
         driver.init = lambda: events.append("init")
@@ -244,7 +264,8 @@ def models(tmp_path_factory):
 
 # ---- plain functions -------------------------------------------------------------------------
 def test_engine_key_matches_run_bundle_keying():
-    doc = {"onnx_sha256": "ab" * 32, "tensorrt": "10.3.0", "device": "Orin sm_87", "precision": "fp16"}
+    doc = {"onnx_sha256": "ab" * 32, "tensorrt": "10.3.0", "device": "Orin sm_87", "precision": "fp16",
+           "layers": trt_build.LAYER_POLICY["fp16"]}
     expected = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:24]
     assert engine_key("ab" * 32, "10.3.0", "Orin sm_87", "fp16") == expected
     keys = {engine_key("ab" * 32, v, d, p) for v in ("8.6.2", "10.3.0") for d in ("Orin", "Thor")
@@ -311,8 +332,8 @@ def test_int8_with_a_calibrator_on_tensorrt_10(install, models, tmp_path):
 def test_int8_from_qdq_on_tensorrt_10_and_11(install, models, tmp_path):
     log = install("10.3.0")
     info = build_engine(models["qdq"], str(tmp_path / "a.engine"), "int8")
-    assert info["explicit_quantization"] and log["config"].flags == {"INT8", "FP16"}
-    assert log["config"].int8_calibrator is None
+    assert info["explicit_quantization"] and log["config"].flags == {"INT8"}  # no FP16: one policy
+    assert log["config"].int8_calibrator is None and info["layers"] == "int8 where quantized, fp32 elsewhere"
     # 10.12 deprecated weak typing: a Q/DQ model builds strongly typed, without the flags.
     log = install("10.13.0")
     info = build_engine(models["qdq"], str(tmp_path / "c.engine"), "int8")
@@ -338,8 +359,9 @@ def test_bad_requests(install, models, tmp_path):
     install("10.3.0")
     with pytest.raises(TrtBuildError, match="needs a calibration set"):
         build_engine(models["fp32"], str(tmp_path / "e.engine"), "int8")
-    with pytest.raises(TrtBuildError, match="build it with precision int8"):
-        build_engine(models["qdq"], str(tmp_path / "e.engine"), "fp32")
+    for precision in ("fp32", "fp16"):  # a Q/DQ model cannot be built at another precision
+        with pytest.raises(TrtBuildError, match="Q/DQ nodes .*build it with precision int8"):
+            build_engine(models["qdq"], str(tmp_path / "e.engine"), precision)
     with pytest.raises(TrtBuildError, match="unknown precision"):
         build_engine(models["fp32"], str(tmp_path / "e.engine"), "int4")
 
@@ -363,7 +385,7 @@ def test_the_calibrator_lives_in_the_primary_context_made_current_before_the_bui
     build_engine(models["fp32"], str(tmp_path / "e.engine"), "int8", calib_dir=models["calib"])
     # init, push, then the Builder (with the primary context current), then pop and detach;
     # pycuda.autoinit (a second context) was never imported: it cannot be here.
-    assert log["events"][:3] == ["init", "push", "builder"] and log["events"][-2:] == ["pop", "detach"]
+    assert log["events"][:3] == ["init", "push", "builder"] and log["events"][-2:] == ["free buffer", "pop"]
     assert log["context_at_builder"] == ["primary"] and log["contexts"] == []
     # Without calibration no context is touched.
     log = install("10.3.0")
@@ -376,7 +398,9 @@ def test_errors_inside_calibrator_callbacks_are_raised_after_the_build(install, 
     log["calib_names"] = ["input", "mask"]  # a network with two inputs
     with pytest.raises(TrtBuildError, match="get_batch: CalibrationError: the calibrator feeds one input"):
         build_engine(models["fp32"], str(tmp_path / "e.engine"), "int8", calib_dir=models["calib"])
-    assert not (tmp_path / "e.engine").exists() and log["events"][-2:] == ["pop", "detach"]
+    # The calibrator's device buffer is freed while the context is current, then it is popped.
+    assert not (tmp_path / "e.engine").exists() and log["events"][-2:] == ["free buffer", "pop"]
+    assert log["contexts"] == []
     # The cache cannot be written (a folder in its place): that is raised too.
     log = install("10.3.0")
     (tmp_path / "f.engine.calib.cache").mkdir()
@@ -441,3 +465,72 @@ def test_a_calibration_cache_from_another_tensorrt_or_gpu_is_calibrated_again(in
         log["gpu"] = gpu
         info = build_engine(models["fp32"], engine, "int8", calib_dir=models["calib"])
         assert len(log["calib_batches"]) == 7 and why in info["calibration_cache_replaced"]
+
+
+# ---- the second audit's fixes ---------------------------------------------------------------
+def test_a_timing_cache_tensorrt_cannot_read_is_replaced(install, models, tmp_path):
+    log = install("10.3.0")
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"other-trt-version-timings")
+    info = build_engine(models["fp32"], str(tmp_path / "e.engine"), "fp16", timing_cache=str(cache))
+    assert log["trt_errors"] and info["timing_cache_replaced"] and cache.read_bytes() == b"+timings"
+
+
+def test_refused_profiles_are_errors_not_silent(install, models, tmp_path):
+    log = install("10.3.0")
+    log["refuse_profiles"] = True
+    with pytest.raises(TrtBuildError, match="refused optimisation profile 0 of student.onnx"):
+        build_engine(models["fp32"], str(tmp_path / "e.engine"), "fp16", opt_batches=[1, 8])
+    log = install("10.3.0")
+    log["refuse_profiles"] = True
+    with pytest.raises(TrtBuildError, match="refused the calibration profile"):
+        build_engine(models["fp32"], str(tmp_path / "f.engine"), "int8", calib_dir=models["calib"])
+    # Refused before the build: the calibrator's buffer freed in the context, which is popped.
+    assert log["events"][-2:] == ["free buffer", "pop"] and log["contexts"] == []
+
+
+def test_builds_one_after_another_leave_the_context_stack_empty(install, models, tmp_path):
+    log = install("10.3.0")
+    for i in range(3):
+        build_engine(models["fp32"], str(tmp_path / f"e{i}.engine"), "int8", calib_dir=models["calib"])
+        assert log["contexts"] == []
+    assert log["events"].count("push") == log["events"].count("pop") == 3 and "detach" not in log["events"]
+
+
+def test_qdq_on_tensorrt_8_6_jetpack_5(install, models, tmp_path):
+    """JetPack 5's INT8 path: weakly typed Q/DQ with the INT8 flag only (LAYER_POLICY); a
+    Q/DQ model with INT32 bias (ORT's default, not for_tensorrt) is refused by 8.6's parser."""
+    log = install("8.6.2")
+    info = build_engine(models["qdq"], str(tmp_path / "a.engine"), "int8", opt_batches=[1, 8])
+    assert info["explicit_quantization"] and "strongly_typed" not in info
+    assert log["config"].flags == {"INT8"} and log["network_flags"] == [1 << 0]
+    ort_default = tmp_path / "ort.int8.onnx"
+    quantize_static_qdq(models["fp32"], ort_default, models["images"], for_tensorrt=False)
+    assert any(n.op_type == "DequantizeLinear" and n.input[0].endswith("bias_quantized")
+               for n in onnx.load(ort_default).graph.node)
+    install("8.6.2")
+    with pytest.raises(TrtBuildError, match="cannot parse ort.int8.onnx: DequantizeLinear: INT32 bias"):
+        build_engine(str(ort_default), str(tmp_path / "b.engine"), "int8")
+
+
+def test_the_layer_policy_is_in_the_engine_key(install, models, tmp_path, monkeypatch):
+    from deploy import run_bundle
+
+    install("10.3.0")
+    monkeypatch.setattr(run_bundle, "_gpu_name", lambda: "Orin sm_87")
+    sha = trt_build.sha256_file(models["qdq"])
+    got = run_bundle.engine_for(models["qdq"], sha, "int8", str(tmp_path / "engines"))
+    assert got["layers"] == trt_build.LAYER_POLICY["int8"] == got["build"]["layers"]
+    old_key = hashlib.sha256(json.dumps({"onnx_sha256": sha, "tensorrt": "10.3.0", "device": "Orin sm_87",
+                                         "precision": "int8"}, sort_keys=True).encode()).hexdigest()[:24]
+    assert old_key not in got["path"]  # an engine built under the earlier policy is not reused
+
+
+def test_missing_libnvinfer_is_one_line(monkeypatch, models, tmp_path):
+    package = tmp_path / "site" / "tensorrt"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("raise OSError('libnvinfer.so.8: cannot open shared object file')\n")
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    with pytest.raises(RunnerUnavailable, match="TensorRT unavailable on this device: OSError .*libnvinfer"):
+        build_engine(models["fp32"], str(tmp_path / "e.engine"))
