@@ -129,9 +129,11 @@ def predict_top1(onnx_path: str, x: np.ndarray, batch: int = ACCURACY_BATCH) -> 
 
 
 def top1(runner: Any, x: np.ndarray, batch: int = ACCURACY_BATCH) -> List[int]:
-    """Top-1 class per sample through any runner, in chunks of `batch` (the last one smaller)."""
+    """Top-1 class per sample through any runner, in chunks of `batch` (the last one smaller),
+    or of the runner's largest batch when that is less (an engine built for batch 1 takes 1)."""
     fixed = runner.input_shape[0] if runner.input_shape else None
-    step = fixed or batch
+    largest = getattr(runner, "max_batch", None)
+    step = fixed or (min(batch, largest) if largest else batch)
     out: List[int] = []
     for i in range(0, x.shape[0], step):
         chunk = np.ascontiguousarray(x[i:i + step], dtype=runner.input_dtype)

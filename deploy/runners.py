@@ -39,6 +39,8 @@ class Runner:
     input_dtype = np.dtype(np.float32)
     # Device-side time of the latest run() in ms (CUDA events), None where the backend has none.
     last_device_ms: Optional[float] = None
+    # The largest batch run() takes (a TensorRT engine's largest profile), None for any.
+    max_batch: Optional[int] = None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -179,14 +181,23 @@ class TrtRunner(Runner):
         trt, cuda = _import_tensorrt()
         if not os.path.isfile(engine_path):
             raise DeployError("engine not found: %s" % engine_path)
-        cuda.init()
-        # The primary context is the one the CUDA runtime (and so TensorRT) uses.
-        self._ctx = cuda.Device(0).retain_primary_context()
-        self._ctx.push()
+        self._ctx = None
+        try:
+            cuda.init()
+            # The primary context is the one the CUDA runtime (and so TensorRT) uses.
+            ctx = cuda.Device(0).retain_primary_context()
+            ctx.push()
+        except Exception as e:  # pycuda's own error types: no GPU, no driver, a busy device
+            raise RunnerUnavailable("TensorRT unavailable on this device: CUDA does not start "
+                                    "(%s: %s); check the GPU and its driver (nvidia-smi, or "
+                                    "tegrastats on a Jetson)" % (type(e).__name__, e)) from None
+        self._ctx = ctx
         self._cuda = cuda
         self._stream = self._start = self._end = None
         self._context = self._engine = None
         self._buffers: Dict[str, Any] = {}
+        self._h_in = self._d_in = None
+        self._shape: Optional[tuple] = None
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         with open(engine_path, "rb") as f:
             self._engine = runtime.deserialize_cuda_engine(f.read())
@@ -218,10 +229,10 @@ class TrtRunner(Runner):
         self._profiles = [tuple(int(s[0]) for s in self._engine.get_tensor_profile_shape(self.input_name, i))
                           for i in range(int(getattr(self._engine, "num_optimization_profiles", 1) or 1))]
         self._profile = 0
+        self.max_batch = max(hi for _lo, _opt, hi in self._profiles)
         self._version = trt.__version__
         self._stream = cuda.Stream()
         self._start, self._end = cuda.Event(), cuda.Event()
-        self._shape: Optional[tuple] = None
 
     def _profile_for(self, batch: int) -> int:
         """The profile tuned closest above `batch` among those whose range holds it."""
@@ -246,16 +257,32 @@ class TrtRunner(Runner):
             raise DeployError("TensorRT refused input shape %s for %s (profile %d takes batches %d-%d)"
                               % (shape, self.path, profile, self._profiles[profile][0],
                                  self._profiles[profile][2]))
-        self._buffers = {}  # the previous shape's buffers are freed here
+        self._free()  # the previous shape's buffers
         self._h_in = cuda.pagelocked_empty(shape, self.input_dtype)
         self._d_in = cuda.mem_alloc(self._h_in.nbytes)
-        self._context.set_tensor_address(self.input_name, int(self._d_in))
+        self._address(self.input_name, self._d_in)
         for name in self._outputs:
             host = cuda.pagelocked_empty(tuple(self._context.get_tensor_shape(name)), self._dtypes[name])
             device = cuda.mem_alloc(max(host.nbytes, 1))
-            self._context.set_tensor_address(name, int(device))
             self._buffers[name] = (host, device)
+            self._address(name, device)
         self._shape = shape
+
+    def _address(self, name: str, device: Any) -> None:
+        # False when TensorRT refuses the pointer (misaligned, or a name the engine lacks).
+        if not self._context.set_tensor_address(name, int(device)):
+            raise DeployError("TensorRT refused the device address of tensor %r of %s"
+                              % (name, self.path))
+
+    def _free(self) -> None:
+        """Free every device and page-locked buffer now, not whenever the GC runs."""
+        devices = [self._d_in] + [d for _h, d in self._buffers.values()]
+        self._buffers = {}
+        self._h_in = self._d_in = None
+        self._shape = None
+        for device in devices:
+            if device is not None:
+                device.free()
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch)
@@ -293,13 +320,15 @@ class TrtRunner(Runner):
     def close(self) -> None:
         # Everything that lives in the CUDA context goes before the context is let go.
         self._context = self._engine = None
-        self._buffers = {}
-        self._h_in = self._d_in = None
+        if getattr(self, "_buffers", None) is not None:
+            self._free()
         self._stream = self._start = self._end = None
         ctx, self._ctx = getattr(self, "_ctx", None), None
         if ctx is not None:
+            # Pop only, as pycuda's own autoprimaryctx does: detach() on a primary context that
+            # is no longer current pushes it again and releases it without popping, leaving an
+            # entry on the driver's context stack at every runner made.
             ctx.pop()
-            ctx.detach()
 
 
 def make_runner(path: str, backend: str = "onnxruntime", **kw: Any) -> Runner:
@@ -341,11 +370,11 @@ def _import_tensorrt() -> Any:
     try:
         import pycuda.driver as cuda
         import tensorrt as trt
-    except ImportError as e:
+    except (ImportError, OSError) as e:  # OSError: bindings present, libnvinfer/libcuda missing
         raise RunnerUnavailable(
-            "TensorRT backend needs tensorrt and pycuda (%s): pip install tensorrt pycuda, or "
+            "TensorRT unavailable on this device: %s (%s); pip install tensorrt pycuda, or "
             "on Jetson use the TensorRT that JetPack installs (python3-libnvinfer) and "
-            "pip install pycuda" % e) from e
+            "pip install pycuda" % (type(e).__name__, e)) from None
     # The named-tensor API (set_input_shape, set_tensor_address, execute_async_v3) arrived in
     # 8.5 (JetPack 5.1) and is the only one left in TensorRT 10.
     if tuple(int(p) for p in trt.__version__.split(".")[:2]) < (8, 5):
