@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import zipfile
 from pathlib import Path
 
@@ -102,3 +103,23 @@ def _restore_torch_threads():
     n = torch.get_num_threads()
     yield
     torch.set_num_threads(n)
+
+
+HIDDEN = ("tensorrt", "pycuda")
+
+
+@pytest.fixture
+def without_tensorrt(tmp_path, monkeypatch):
+    """A machine without TensorRT and pycuda, even where they are installed: importing them
+    fails in this process (None in sys.modules) and in every Python it starts (a PYTHONPATH
+    folder, ahead of site-packages, whose tensorrt / pycuda raise ModuleNotFoundError as a
+    missing module does). Returns that folder."""
+    folder = tmp_path / "without-tensorrt"
+    for name in HIDDEN:
+        (folder / name).mkdir(parents=True)
+        (folder / name / "__init__.py").write_text(
+            f"raise ModuleNotFoundError(\"No module named '{name}'\", name={name!r})\n")
+    for name in (*HIDDEN, "pycuda.driver", "pycuda.autoinit"):
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])))
+    return folder

@@ -427,7 +427,10 @@ def test_tensorrt_absent_is_reported_with_the_fix(calib, tmp_path):
 
 
 def _stand_in_tensorrt(monkeypatch, version):
-    """Minimal stand-ins for tensorrt and pycuda (neither can run here): record the copies."""
+    """Minimal stand-ins for tensorrt and pycuda (neither can run here): record the copies and
+    the CUDA context each device buffer was allocated in. As on a device, the only context is
+    the GPU's primary one, made current by deploy.trt_build.primary_context; pycuda.autoinit
+    would create a second one, so importing it fails (as in tests/test_trt_build.py)."""
     import types
 
     trt = types.ModuleType("tensorrt")
@@ -440,9 +443,19 @@ def _stand_in_tensorrt(monkeypatch, version):
 
         trt.IInt8EntropyCalibrator2 = IInt8EntropyCalibrator2
 
+    contexts = []  # the driver's stack of current contexts
+
+    class PrimaryContext:
+        def push(self):
+            contexts.append("primary")
+
+        def pop(self):
+            contexts.pop()
+
     class DeviceBuffer:
         def __init__(self, nbytes):
             self.nbytes, self.copies = nbytes, []
+            self.context = contexts[-1] if contexts else None  # None: CUDA would refuse
 
         def __int__(self):
             return 0xDEADBEEF
@@ -453,20 +466,31 @@ def _stand_in_tensorrt(monkeypatch, version):
 
     driver = types.ModuleType("pycuda.driver")
     driver.mem_alloc, driver.memcpy_htod = DeviceBuffer, memcpy_htod
+    driver.init = lambda: None
+    driver.Device = lambda i: types.SimpleNamespace(retain_primary_context=PrimaryContext,
+                                                   name=lambda: "Orin",
+                                                   compute_capability=lambda: (8, 7))
     for name, module in [
         ("tensorrt", trt),
         ("pycuda", types.ModuleType("pycuda")),
-        ("pycuda.autoinit", types.ModuleType("pycuda.autoinit")),
+        ("pycuda.autoinit", None),  # importing it raises ImportError
         ("pycuda.driver", driver),
     ]:
         monkeypatch.setitem(sys.modules, name, module)
+    return contexts
 
 
 def test_entropy_calibrator_feeds_batches_and_caches(calib, tmp_path, monkeypatch):
-    _stand_in_tensorrt(monkeypatch, "10.3.0")
+    from deploy.trt_build import primary_context
+
+    contexts = _stand_in_tensorrt(monkeypatch, "10.3.0")
     assert trt_version_info()["implicit_int8_supported"] is True
     cache_path = tmp_path / "calib.cache"
+    ctx = primary_context()  # what build_engine makes current before the calibrator exists
     calibrator = make_entropy_calibrator(calib, 64, cache_path)
+    # Its device buffer lives in the primary context, the one made current, and making the
+    # calibrator pushed no context of its own (pycuda.autoinit cannot even be imported here).
+    assert calibrator._device.context == "primary" and contexts == ["primary"]
     assert calibrator.base_initialised and calibrator.get_batch_size() == 64
     assert calibrator.read_calibration_cache() is None  # no cache yet: TensorRT calibrates
     pointers = iter(lambda: calibrator.get_batch(["input"]), None)
@@ -481,6 +505,8 @@ def test_entropy_calibrator_feeds_batches_and_caches(calib, tmp_path, monkeypatc
     assert make_entropy_calibrator(calib, 64, cache_path).read_calibration_cache() == (
         b"TRT-1003-EntropyCalibration2\n"
     )
+    ctx.pop()
+    assert contexts == []
 
 
 def test_tensorrt_11_points_to_explicit_qdq(calib, tmp_path, monkeypatch):

@@ -81,16 +81,38 @@ def samples():
 
 class SleepRunner:
     """A runner whose run() sleeps: the first `cold` calls for `cold_s`, then for `sleep_s`;
-    it records every batch it sees."""
+    it records every batch it sees and, on the harness's clock (time.perf_counter_ns), when
+    each call began and ended."""
 
     def __init__(self, sleep_s: float, cold: int = 0, cold_s: float = 0.0) -> None:
         self.sleep_s, self.cold, self.cold_s = sleep_s, cold, cold_s
         self.seen = []
+        self.calls = []  # (start_ns, end_ns) of every run(), measured inside it
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        start = time.perf_counter_ns()
         time.sleep(self.cold_s if len(self.seen) < self.cold else self.sleep_s)
         self.seen.append(batch.copy())
+        self.calls.append((start, time.perf_counter_ns()))
         return batch
+
+
+def timed_call_bounds(runner: SleepRunner, result: dict, before_ns: int, after_ns: int):
+    """For each timing of `result` (the last len(timings) calls of `runner`): the call's own
+    duration and the time from the end of the call before it to the start of the one after it
+    (`before_ns` / `after_ns`: the test's clock around measure()), in ms. A timing taken around
+    that one call lies between the two whatever the load; more than the upper bound means it
+    spans another call or time outside the loop."""
+    calls = runner.calls
+    first = len(calls) - len(result["timings_ms"])
+    ends = [before_ns] + [end for _, end in calls] + [after_ns]
+    starts = [before_ns] + [start for start, _ in calls] + [after_ns]
+    own, gap = [], []
+    for k in range(first, len(calls)):
+        start, end = calls[k]
+        own.append((end - start) / 1e6)
+        gap.append((starts[k + 2] - ends[k]) / 1e6)  # next call's start - previous call's end
+    return own, gap
 
 
 # --- runners ---------------------------------------------------------------------------
@@ -183,7 +205,12 @@ def test_summarize_fields():
     s = summarize(data)
     assert s["mean"] == 4.0 and s["min"] == 1.0 and s["max"] == 10.0 and s["p50"] == 3.0
     assert s["sd"] == pytest.approx(np.std(data, ddof=1))
-    assert s["median_ci95"][0] <= 3.0 <= s["median_ci95"][1]
+    # A percentile bootstrap of 5 samples need not contain their median (its ends are
+    # percentiles of resampled medians); what holds by construction: an ordered interval
+    # within the sample's range, the one bootstrap_median_ci computes.
+    lo, hi = s["median_ci95"]
+    assert s["min"] <= lo <= hi <= s["max"]
+    assert (lo, hi) == bootstrap_median_ci(data, 0.95, 1000, 0)
     with pytest.raises(ValueError):
         summarize([])
 
@@ -203,9 +230,14 @@ def test_measure_honours_min_iters(convnet, samples):
 def test_measure_honours_min_s_and_caps(convnet, samples):
     runner = OrtRunner(convnet[0], intra_op_threads=1)
     r = measure(runner, samples, 1, MeasureSettings(warmup_s=0, min_iters=1, min_s=0.2))
-    assert r["duration_s"] >= 0.2 and r["iterations"] > 1
-    capped = measure(runner, samples, 1, MeasureSettings(warmup_s=0, min_iters=10, min_s=5,
-                                                         max_iters=10, max_s=5))
+    # min_s, not min_iters, ended it, at the first timing past 0.2 s: the timings before the
+    # last one sum to less (each lies inside the elapsed time the harness compared to min_s),
+    # however fast or slow this machine runs them.
+    assert r["stop_reason"] == "min_reached" and r["duration_s"] >= 0.2
+    assert sum(r["timings_ms"][:-1]) < 200.0
+    # max_iters ends it long before min_s / max_s could (60 s: no load makes 10 runs that slow).
+    capped = measure(runner, samples, 1, MeasureSettings(warmup_s=0, min_iters=10, min_s=60,
+                                                         max_iters=10, max_s=60))
     assert capped["iterations"] == 10 and capped["stop_reason"] == "max_iters"
     assert "timings_ms" not in measure(runner, samples, 1, QUICK, keep_timings=False)
 
@@ -213,20 +245,43 @@ def test_measure_honours_min_s_and_caps(convnet, samples):
 def test_warmup_by_time_runs_before_measuring_and_timings_are_the_run():
     runner = SleepRunner(0.01)
     settings = MeasureSettings(warmup_s=0.15, warmup_iters=1, min_iters=5, min_s=0)
+    before = time.perf_counter_ns()
     r = measure(runner, np.zeros((4, 1, 2, 2), np.float32), 1, settings)
+    after = time.perf_counter_ns()
     warm = r["warmup"]
-    assert warm["duration_s"] >= 0.15 and warm["iterations"] > 1  # time, not count, ended it
     assert len(runner.seen) == warm["iterations"] + r["iterations"] == warm["iterations"] + 5
-    assert min(r["timings_ms"]) >= 10.0  # each timing covers the whole sleep ...
-    assert r["latency_ms"]["p50"] < 25.0  # ... and little else
+    # Time, not count (1), ended the warm-up, at the first call that took it past 0.15 s: the
+    # calls before that one took less than 0.15 s by the runner's own clock.
+    warm_calls = [(end - start) / 1e9 for start, end in runner.calls[:warm["iterations"]]]
+    assert warm["duration_s"] >= 0.15 and warm["duration_s"] >= sum(warm_calls)
+    assert sum(warm_calls[:-1]) < 0.15
+    # Each timing covers its whole call (as the runner timed it from inside) and never reaches
+    # into the calls either side of it: bounds that hold whatever the machine's load.
+    own, gap = timed_call_bounds(runner, r, before, after)
+    for timing, inside, outside in zip(r["timings_ms"], own, gap, strict=True):
+        assert inside - 1e-5 <= timing <= outside + 1e-5, (timing, inside, outside)  # 1e-5: rounding
+    # ... and little else: what the harness adds to a call, at its least, is a small part of the
+    # call (a context switch can land inside one iteration's few microseconds, not in all five;
+    # a harness doing work inside its timed region adds that work to every one).
+    added = [timing - inside for timing, inside in zip(r["timings_ms"], own, strict=True)]
+    assert min(added) < 0.1 * min(own), (added, own)
 
 
 def test_cold_runs_are_left_in_warmup():
     runner = SleepRunner(0.001, cold=3, cold_s=0.08)
     settings = MeasureSettings(warmup_s=0, warmup_iters=3, min_iters=10, min_s=0)
+    before = time.perf_counter_ns()
     r = measure(runner, np.zeros((2, 1, 2, 2), np.float32), 1, settings)
-    assert r["warmup"]["duration_s"] >= 0.24
-    assert r["latency_ms"]["max"] < 80.0
+    after = time.perf_counter_ns()
+    assert r["warmup"]["iterations"] == 3 and len(runner.calls) == 13
+    cold = sum(end - start for start, end in runner.calls[:3]) / 1e9
+    assert cold >= 0.24 and r["warmup"]["duration_s"] >= cold
+    # The 10 timings are calls 4..13, each within its own call's neighbourhood: none reaches
+    # back into the three cold calls, however long any call took on this machine.
+    own, gap = timed_call_bounds(runner, r, before, after)
+    assert len(own) == 10
+    for timing, inside, outside in zip(r["timings_ms"], own, gap, strict=True):
+        assert inside - 1e-5 <= timing <= outside + 1e-5, (timing, inside, outside)
 
 
 def test_batches_cycle_through_the_real_inputs():
