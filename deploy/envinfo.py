@@ -17,6 +17,8 @@ import socket
 import subprocess
 from typing import Any, Callable, Dict, List, Optional
 
+from .probe import cpu_model_from
+
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 # library -> (distribution names to look up, module to import when no distribution is found;
@@ -27,16 +29,6 @@ LIBRARIES = {
     "tensorrt": (("tensorrt", "tensorrt-cu12", "tensorrt-cu11"), "tensorrt"),
     "pycuda": (("pycuda",), "pycuda"),
     "cuda-python": (("cuda-python",), None),
-}
-
-# /proc/cpuinfo on arm64 names no model; decode the cores Jetsons use (implementer, part).
-_ARM_CORES = {
-    ("0x41", "0xd07"): "ARM Cortex-A57",
-    ("0x41", "0xd08"): "ARM Cortex-A72",
-    ("0x41", "0xd0b"): "ARM Cortex-A76",
-    ("0x41", "0xd42"): "ARM Cortex-A78AE",
-    ("0x4e", "0x003"): "NVIDIA Denver 2",
-    ("0x4e", "0x004"): "NVIDIA Carmel",
 }
 
 _HOT_C = 85.0  # Jetson modules start throttling in the high 80s to 90s C
@@ -118,8 +110,26 @@ def _os_info(root: str) -> Dict[str, Any]:
     for line in (_read(_path(root, "etc/os-release")) or "").splitlines():
         if line.startswith("PRETTY_NAME="):
             distro = line.split("=", 1)[1].strip().strip('"')
-    return {"system": platform.system(), "kernel": platform.release(),
-            "machine": platform.machine(), "distro": distro}
+    machine = platform.machine()
+    # The kernel's own architecture (Linux 6.1+): qemu-user makes uname() say the guest's, but
+    # not this file, so an emulated "device" tells itself apart from real silicon.
+    kernel_arch = (_read(_path(root, "proc/sys/kernel/arch")) or "").strip() or None
+    emulated = None
+    if kernel_arch and machine:
+        emulated = _arch_family(kernel_arch) != _arch_family(machine)
+    return {"system": platform.system(), "kernel": platform.release(), "machine": machine,
+            "kernel_arch": kernel_arch, "emulated": emulated, "distro": distro}
+
+
+def _arch_family(arch: str) -> str:
+    """x86 for x86_64 / i686, arm for aarch64 / armv7l / arm64, else the name itself: a 32-bit
+    user space on a 64-bit kernel of the same family is compatibility, not emulation."""
+    arch = arch.lower()
+    for family, prefixes in (("x86", ("x86", "i386", "i486", "i586", "i686", "amd64")),
+                             ("arm", ("aarch64", "arm"))):
+        if arch.startswith(prefixes):
+            return family
+    return arch
 
 
 def _cpu_info(root: str) -> Dict[str, Any]:
@@ -181,19 +191,10 @@ def int8_isa(root: str = "/") -> Optional[List[str]]:
 
 
 def _cpu_model(root: str) -> Optional[str]:
-    fields: Dict[str, str] = {}
-    for line in (_read(_path(root, "proc/cpuinfo")) or "").splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() not in fields:
-            fields[key.strip()] = value.strip()
-    if fields.get("model name"):
-        return fields["model name"]
-    arm = _ARM_CORES.get((fields.get("CPU implementer", "").lower(), fields.get("CPU part", "").lower()))
-    if arm:
-        return arm
-    if fields.get("CPU part"):
-        return "implementer %s part %s" % (fields.get("CPU implementer"), fields["CPU part"])
-    return (platform.processor() or platform.machine() or None) if root == "/" else None
+    model = cpu_model_from(_read(_path(root, "proc/cpuinfo")))
+    if model or root != "/":
+        return model
+    return platform.processor() or platform.machine() or None
 
 
 def _which(name: str, root: str) -> Optional[str]:
@@ -284,6 +285,11 @@ def _thermal_zones(root: str) -> Optional[List[Dict[str, Any]]]:
 
 def _warnings(info: Dict[str, Any]) -> List[str]:
     warnings = []
+    system = info.get("os") or {}
+    if system.get("emulated"):
+        warnings.append("%s code runs emulated (qemu-user) on the %s kernel: latencies measured "
+                        "here say nothing about %s hardware"
+                        % (system.get("machine"), system.get("kernel_arch"), system.get("machine")))
     jetson = info.get("jetson")
     locked = ((jetson or {}).get("jetson_clocks") or {}).get("locked")
     if jetson is not None and locked is False:

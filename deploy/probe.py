@@ -41,16 +41,44 @@ def _free_bytes(path):
     return st.f_bavail * st.f_frsize, path
 
 
+# /proc/cpuinfo on arm64 names no model (no "model name" line): decode the cores Jetsons and
+# common arm64 boards use from the implementer and part fields.
+ARM_CORES = {
+    ("0x41", "0xd07"): "ARM Cortex-A57",
+    ("0x41", "0xd08"): "ARM Cortex-A72",
+    ("0x41", "0xd0b"): "ARM Cortex-A76",
+    ("0x41", "0xd0c"): "ARM Neoverse-N1",
+    ("0x41", "0xd42"): "ARM Cortex-A78AE",
+    ("0x41", "0xd4f"): "ARM Neoverse-V2",
+    ("0x4e", "0x003"): "NVIDIA Denver 2",
+    ("0x4e", "0x004"): "NVIDIA Carmel",
+}
+
+
+def cpu_model_from(text):
+    """The CPU's name from /proc/cpuinfo's text: x86's model name, an ARM core decoded from
+    its implementer and part, the board's Hardware/Model line, else None."""
+    fields = {}
+    for line in (text or "").splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in fields:
+            fields[key.strip()] = value.strip()
+    if fields.get("model name"):
+        return fields["model name"]
+    implementer = fields.get("CPU implementer", "").lower()
+    part = fields.get("CPU part", "").lower()
+    if part:
+        return ARM_CORES.get((implementer, part), "implementer %s part %s" % (implementer, part))
+    return fields.get("Hardware") or fields.get("Model") or None
+
+
 def _cpu_model():
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Hardware", "Model"):
-                    return value.strip()
+            text = f.read()
     except (OSError, UnicodeDecodeError):
-        pass
-    return platform.processor() or None
+        text = None
+    return cpu_model_from(text) or platform.processor() or platform.machine() or None
 
 
 def _usable_cores():
