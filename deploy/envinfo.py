@@ -17,7 +17,7 @@ import socket
 import subprocess
 from typing import Any, Callable, Dict, List, Optional
 
-from .probe import cpu_model_from
+from . import probe
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -191,10 +191,9 @@ def int8_isa(root: str = "/") -> Optional[List[str]]:
 
 
 def _cpu_model(root: str) -> Optional[str]:
-    model = cpu_model_from(_read(_path(root, "proc/cpuinfo")))
-    if model or root != "/":
-        return model
-    return platform.processor() or platform.machine() or None
+    if root == "/":
+        return probe.cpu_model()
+    return probe.cpu_model_from(_read(_path(root, "proc/cpuinfo")))
 
 
 def _which(name: str, root: str) -> Optional[str]:

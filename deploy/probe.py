@@ -72,7 +72,8 @@ def cpu_model_from(text):
     return fields.get("Hardware") or fields.get("Model") or None
 
 
-def _cpu_model():
+def cpu_model():
+    """This machine's CPU name: /proc/cpuinfo decoded, else what platform knows."""
     try:
         with open("/proc/cpuinfo") as f:
             text = f.read()
@@ -123,7 +124,7 @@ def probe(folder="."):
         # What a latency figure depends on besides the model: which machine, how many cores
         # this process may use, the L4T release (edgekd.selection's cache key).
         "hostname": platform.node(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "usable_cores": _usable_cores(),
         "l4t": _first_line("/etc/nv_tegra_release"),
         "nvpmodel": _first_line("/var/lib/nvpmodel/status"),

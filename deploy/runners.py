@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from .errors import DeployError, RunnerUnavailable
+from .trt_build import primary_context
 
 # Short names accepted for ONNX Runtime execution providers.
 _PROVIDER_ALIASES = {
@@ -181,17 +182,8 @@ class TrtRunner(Runner):
         trt, cuda = _import_tensorrt()
         if not os.path.isfile(engine_path):
             raise DeployError("engine not found: %s" % engine_path)
-        self._ctx = None
-        try:
-            cuda.init()
-            # The primary context is the one the CUDA runtime (and so TensorRT) uses.
-            ctx = cuda.Device(0).retain_primary_context()
-            ctx.push()
-        except Exception as e:  # pycuda's own error types: no GPU, no driver, a busy device
-            raise RunnerUnavailable("TensorRT unavailable on this device: CUDA does not start "
-                                    "(%s: %s); check the GPU and its driver (nvidia-smi, or "
-                                    "tegrastats on a Jetson)" % (type(e).__name__, e)) from None
-        self._ctx = ctx
+        # The primary context is the one the CUDA runtime (and so TensorRT) uses.
+        self._ctx = primary_context()
         self._cuda = cuda
         self._stream = self._start = self._end = None
         self._context = self._engine = None
@@ -320,15 +312,11 @@ class TrtRunner(Runner):
     def close(self) -> None:
         # Everything that lives in the CUDA context goes before the context is let go.
         self._context = self._engine = None
-        if getattr(self, "_buffers", None) is not None:
-            self._free()
+        self._free()
         self._stream = self._start = self._end = None
-        ctx, self._ctx = getattr(self, "_ctx", None), None
+        ctx, self._ctx = self._ctx, None
         if ctx is not None:
-            # Pop only, as pycuda's own autoprimaryctx does: detach() on a primary context that
-            # is no longer current pushes it again and releases it without popping, leaving an
-            # entry on the driver's context stack at every runner made.
-            ctx.pop()
+            ctx.pop()  # pop only: see deploy.trt_build.primary_context
 
 
 def make_runner(path: str, backend: str = "onnxruntime", **kw: Any) -> Runner:

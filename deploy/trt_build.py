@@ -172,8 +172,8 @@ def primary_context() -> Any:
     try:
         cuda = importlib.import_module("pycuda.driver")
     except (ImportError, OSError) as e:
-        raise RunnerUnavailable("TensorRT INT8 calibration unavailable on this device: pycuda "
-                                "does not load (%s: %s); pip install pycuda"
+        raise RunnerUnavailable("TensorRT unavailable on this device: pycuda does not load "
+                                "(%s: %s); pip install pycuda"
                                 % (type(e).__name__, e)) from None
     try:
         cuda.init()
@@ -181,8 +181,8 @@ def primary_context() -> Any:
         ctx.push()
     except Exception as e:  # pycuda raises its own error types when no GPU is usable
         raise RunnerUnavailable("TensorRT unavailable on this device: CUDA does not start (%s: "
-                                "%s); check the GPU and its driver (nvidia-smi)"
-                                % (type(e).__name__, e)) from None
+                                "%s); check the GPU and its driver (nvidia-smi, or tegrastats "
+                                "on a Jetson)" % (type(e).__name__, e)) from None
     return ctx
 
 
