@@ -26,9 +26,9 @@ import torch
 from deploy.bench import run_bench
 from deploy.envinfo import capture
 from deploy.harness import MeasureSettings
+from edgekd.config.targets import resolve_opset
 from edgekd.export.onnx import export_onnx
 from edgekd.export.quantize import pixels, quantize_onnx, write_run_calibset
-from edgekd.export.targets import resolve_opset
 from edgekd.io import write_json
 from edgekd.pipeline.context import load_run_model
 from edgekd.pipeline.standalone import open_run

@@ -15,10 +15,10 @@ from click.testing import CliRunner
 
 from calibration import CalibrationError, check_contract, load_calibset, write_calibset
 from edgekd.cli import cli
+from edgekd.config.targets import TARGETS, resolve_opset
 from edgekd.errors import EdgeKDError
 from edgekd.export.onnx import data_file, export_onnx, read_contract
 from edgekd.export.quantize import QuantizeError, quantize_onnx
-from edgekd.export.targets import TARGETS, resolve_opset
 from edgekd.models.registry import create_model
 
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from edgekd.cli import cli
 from edgekd.config import build_config
-from edgekd.selection.budget import Budget
+from edgekd.config.budget import Budget
 from edgekd.selection.cache import LatencyCache, environment_fingerprint
 from edgekd.selection.select import rank
 from tests import sshd

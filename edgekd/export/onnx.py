@@ -68,7 +68,7 @@ def export_onnx(
 ) -> dict:
     """Export to one self-contained .onnx file (written atomically); return its contract.
 
-    `ir_version` lowers the IR version written (see edgekd.export.targets); `simplify` runs
+    `ir_version` lowers the IR version written (see edgekd.config.targets); `simplify` runs
     onnxslim. A model whose weights exceed `external_data_bytes` keeps them in
     `<name>.onnx.data` beside the graph (protobuf's 2 GiB limit); the two travel together.
     """

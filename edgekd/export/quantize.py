@@ -21,10 +21,10 @@ from calibration import (
     stratified_indices,
     write_calibset,
 )
+from edgekd.config.targets import runs_tensorrt
 from edgekd.data import Dataset
 from edgekd.errors import EdgeKDError
 from edgekd.export.onnx import read_contract
-from edgekd.export.targets import runs_tensorrt
 
 CALIB_DIR = "calib"  # RUN/calib/: the name deploy's bundle looks for
 

@@ -33,7 +33,7 @@ def open_run(run_dir: str | Path) -> Context:
 def export_run(run_dir: str | Path, opset: int | None = None, target: str | None = None,
                simplify: bool | None = None) -> dict:
     """Re-export a run's teacher and student (edgekd export); `target` picks opset and IR
-    version (edgekd.export.targets), an explicit `opset` it cannot parse is refused."""
+    version (edgekd.config.targets), an explicit `opset` it cannot parse is refused."""
     ctx = open_run(run_dir)
     for name in ("teacher.pt", "student.pt"):
         if not (ctx.run / name).exists():

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekd.config.budget import Budget
 from edgekd.errors import SelectError
 from edgekd.io import write_json
 from edgekd.models.registry import describe, list_models, min_input_size
-from edgekd.selection.budget import Budget
 from edgekd.selection.cache import LatencyCache
 from edgekd.selection.measure import SELECT_SETTINGS, Progress, Spec, label, measure_archs
 from edgekd.ship.remote import DeployOptions
@@ -156,8 +156,8 @@ def check_fit(doc: dict, target: str) -> None:
     no candidate meets it."""
     b = doc["budget"]
     if b["limit_ms"] is not None and doc["chosen"] is None:
-        budget = Budget(b["latency_ms"], b["speedup"], b["batch"], b["percentile"], b["precision"],
-                        b["margin"])
+        budget = Budget(**{k: b[k] for k in ("latency_ms", "speedup", "batch", "percentile",
+                                             "precision", "margin")})
         raise SelectError(no_fit_message(budget, b["limit_ms"], doc["candidates"], target))
 
 

@@ -13,7 +13,7 @@ from edgekd.errors import BudgetError
 from edgekd.pipeline.context import Context
 from edgekd.pipeline.rundir import stage_key
 from edgekd.pipeline.stage import Stage
-from edgekd.pipeline.stages.select import budget_of, deploy_options
+from edgekd.pipeline.stages.select import deploy_options
 
 RESULTS_DIR = "budget"
 
@@ -58,7 +58,7 @@ class BudgetStage(Stage):
         from edgekd.ship.remote import deploy_run
 
         b = ctx.cfg.budget
-        budget = budget_of(ctx)
+        budget = ctx.cfg.budget
         models = self._models(ctx)
         ctx.reporter.stage("budget", "start", f"measuring {', '.join(models)} on {b.target} at batch "
                            f"{b.batch}")

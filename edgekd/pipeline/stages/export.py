@@ -17,7 +17,7 @@ class ExportStage(Stage):
         return ctx.cfg.export.enabled
 
     def _opset(self, ctx: Context) -> tuple[int, int]:
-        from edgekd.export.targets import resolve_opset
+        from edgekd.config.targets import resolve_opset
 
         return resolve_opset(ctx.cfg.export.target, ctx.cfg.export.opset)
 

@@ -51,7 +51,7 @@ def _teacher(ctx: Context) -> str | None:
 
 def symmetric_activations(ctx: Context) -> bool:
     # As the PTQ places them (edgekd.export.quantize): symmetric for TensorRT's explicit mode.
-    from edgekd.export.targets import runs_tensorrt
+    from edgekd.config.targets import runs_tensorrt
 
     return runs_tensorrt(ctx.cfg.export.target)
 
@@ -70,7 +70,7 @@ class QATStage(Stage):
         calibration_indices(ctx.data, ctx.cfg.export.int8_calib_size, ctx.cfg.seed)
 
     def key(self, ctx: Context) -> str:
-        from edgekd.export.targets import resolve_opset
+        from edgekd.config.targets import resolve_opset
 
         cfg, e = ctx.cfg, ctx.cfg.export
         methods = cfg.method.split("+")
@@ -132,8 +132,8 @@ class QATStage(Stage):
 def save_export(ctx: Context, model) -> None:
     """RUN/student.qat.onnx: the fine-tuned FP32 student exported as the export stage does,
     parity-checked against PyTorch."""
+    from edgekd.config.targets import resolve_opset
     from edgekd.export.onnx import export_onnx, parity_check
-    from edgekd.export.targets import resolve_opset
 
     e = ctx.cfg.export
     opset, ir_version = resolve_opset(e.target, e.opset)

@@ -28,22 +28,19 @@ SELECT_DIR = "select"
 FILES = (f"{SELECT_DIR}/select.json", f"{SELECT_DIR}/pareto.png")
 
 
-def budget_of(ctx: Context):
-    from edgekd.selection.budget import Budget
+def deploy_options_for(b, precision: str = "fp32"):
+    """How a budget's target is reached and measured. FP32 models (the teacher, FP32
+    candidates) run as `precision` on TensorRT; INT8 (Q/DQ) candidates build as INT8."""
+    from edgekd.ship.remote import DeployOptions
 
-    b = ctx.cfg.budget
-    return Budget(b.latency_ms, b.speedup, b.batch, b.percentile, b.precision, b.margin)
+    return DeployOptions(target=b.target, backend=b.backend, remote_python=b.remote_python,
+                         remote_dir=b.remote_dir, ssh_config=b.ssh_config, threads=b.threads,
+                         batch_sizes=[b.batch], precision=precision)
 
 
 def deploy_options(ctx: Context):
-    """How the budget's target is reached and measured. FP32 models (the teacher, FP32
-    candidates) run as FP32 on TensorRT too; INT8 (Q/DQ) candidates build as INT8 on their own."""
-    from edgekd.ship.remote import DeployOptions
-
-    b = ctx.cfg.budget
-    return DeployOptions(target=b.target, backend=b.backend, remote_python=b.remote_python,
-                         remote_dir=b.remote_dir, ssh_config=b.ssh_config, threads=b.threads,
-                         batch_sizes=[b.batch], precision="fp32")
+    """The run's budget target, FP32 models measured as FP32."""
+    return deploy_options_for(ctx.cfg.budget)
 
 
 def trainable(cfg, name: str, num_classes: int, input_size: int) -> None:
@@ -92,7 +89,7 @@ class SelectStage(Stage):
         from edgekd.ship.remote import check_options
 
         b, cfg = ctx.cfg.budget, ctx.cfg
-        budget_of(ctx)  # a budget <= 0, a speed-up < 1, ... are refused here
+        ctx.cfg.budget.validate()  # a budget <= 0, a speed-up < 1, ... are refused here
         check_options(deploy_options(ctx))
         if b.select_epochs > 0 and len(ctx.data.val) == 0:
             raise SelectError("--select-epochs picks by validation accuracy, and this run has no "
@@ -112,8 +109,8 @@ class SelectStage(Stage):
         ctx.info["select_doc"] = doc
 
     def _measure(self, ctx: Context, names: list[str], work: str) -> dict:
+        from edgekd.config.targets import resolve_opset
         from edgekd.export.quantize import pixels
-        from edgekd.export.targets import resolve_opset
         from edgekd.selection.measure import Spec
         from edgekd.selection.select import evaluate
 
@@ -122,7 +119,7 @@ class SelectStage(Stage):
         spec = Spec(ctx.data.input_size, ctx.data.num_classes, b.batch, opset, ir,
                     for_tensorrt=b.backend == "tensorrt")
         ctx.reporter.stage("select", "start", f"{len(names)} candidates + the teacher on {b.target}, "
-                           f"budget {budget_of(ctx).describe()}")
+                           f"budget {ctx.cfg.budget.describe()}")
 
         def progress(step: str, detail: str) -> None:
             if step == "cache":  # the probe, bundle and transfer details are deploy's
@@ -136,7 +133,7 @@ class SelectStage(Stage):
         # Real images: test images feed the harness, training images calibrate INT8.
         samples = pixels(ctx.data.test.images[:max(b.batch, 32)])
         calib = pixels(ctx.data.train.images[:256])
-        return evaluate(budget_of(ctx), spec, deploy_options(ctx), work, names, cfg.teacher.arch,
+        return evaluate(ctx.cfg.budget, spec, deploy_options(ctx), work, names, cfg.teacher.arch,
                         samples=samples, calib=calib, progress=progress, on_export=on_export)
 
     def key(self, ctx: Context) -> str:
