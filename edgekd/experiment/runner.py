@@ -75,7 +75,7 @@ def _check_epoch_budgets(base: RunConfig, specs: list[RunSpec]) -> None:
         cfg = copy.deepcopy(base)
         for k, v in spec.overrides.items():
             apply_override(cfg, k, v)
-        if "indistill" in cfg.method.split("+"):
+        if "indistill" in cfg.methods:
             data = data or prepare_data(base)
             epoch_plan(cfg, data.num_classes, data.input_size)
 
@@ -95,7 +95,7 @@ def run_grid(base: RunConfig, specs: list[RunSpec], out: Path, *, jobs: int = 1,
         cfg.teacher.checkpoint = str(teacher.resolve())
         for k, v in spec.overrides.items():
             apply_override(cfg, k, v)
-        if "ig" in cfg.method.split("+") and not cfg.ig.cache_dir:
+        if "ig" in cfg.methods and not cfg.ig.cache_dir:
             # One teacher, one data set: the runs share the maps (computed once, locked).
             cfg.ig.cache_dir = str((out / "ig").resolve())
         validate(cfg)

@@ -67,7 +67,7 @@ def compress(
     for stage in sorted(STAGES, key=lambda st: st is select.STAGE):
         if stage.applies(ctx):
             stage.check(ctx)
-    ctx.info["open"] = on_main(lambda: run.open(cfg, resume=resume, force=force))
+    ctx.opened = on_main(lambda: run.open(cfg, resume=resume, force=force))
     for stage in TRAINING:
         stage(ctx)
 

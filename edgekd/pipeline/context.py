@@ -5,6 +5,7 @@ run. Stages (edgekd.pipeline.stages) import this module; it imports none of them
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -39,16 +40,24 @@ class Silent:
 
 @dataclass
 class Context:
-    """One run in progress: what the stages read (cfg, data) and where they write (run).
-    `info` carries values one stage hands to later ones (the IG content id, the epoch plan,
-    the selection)."""
+    """One run in progress: what the stages read (cfg, data) and where they write (run), and
+    the values one stage hands to later ones, each set by the stage named beside it."""
 
     cfg: RunConfig
     run: RunDir
     device: torch.device
     reporter: Reporter = field(default_factory=Silent)
     data: Dataset | None = None
-    info: dict = field(default_factory=dict)
+    opened: str | None = None  # compress: how the run directory was opened (RunDir.open)
+    data_summary: dict | None = None  # data: what data.json records
+    epoch_plan: dict | None = None  # warmup.plan_epochs: the student's epochs, split
+    ig_id: str | None = None  # ig: content id of the maps the student trains with
+    ig_folder: Path | None = None  # ig: where those maps are
+    select_candidates: list[str] | None = None  # select: the candidates the method can train
+    select_left_out: dict[str, str] | None = None  # select: the others, with why
+    select_doc: dict | None = None  # select: a measurement not yet written
+    selection: dict | None = None  # select: the choice, as the ledger records it
+    budget_final: dict | None = None  # budget: a final check that failed (not in the ledger)
 
 
 def on_main(fn):

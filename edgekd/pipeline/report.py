@@ -92,7 +92,7 @@ def build_report(ctx: Context, wall_time_s: float) -> dict:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "method": ctx.cfg.method,
         "recipe": recipe_record(ctx.cfg),
-        "dataset": {k: v for k, v in ctx.info["data"].items() if k != "classes"} | {
+        "dataset": {k: v for k, v in ctx.data_summary.items() if k != "classes"} | {
             "classes": ctx.data.classes},
         "seed": ctx.cfg.seed,
         "device": str(ctx.device),
@@ -103,10 +103,10 @@ def build_report(ctx: Context, wall_time_s: float) -> dict:
         "export": ctx.run.stage_info("export"),
         **({"int8": ctx.run.stage_info("quantize")} if ctx.run.stage_info("quantize") else {}),
         **({"qat": ctx.run.stage_info("qat")} if ctx.cfg.export.int8_qat_epochs else {}),
-        **({"ig": ctx.run.stage_info("ig")} if "ig" in ctx.cfg.method.split("+") else {}),
+        **({"ig": ctx.run.stage_info("ig")} if "ig" in ctx.cfg.methods else {}),
         "latency": _latency_summary(ctx),
         **({"budget": _budget_summary(ctx, teacher, student)} if ctx.cfg.budget.active else {}),
         "artifacts": artifacts,
         "wall_time_s": round(wall_time_s, 1),
-        "status": ctx.info.get("open"),
+        "status": ctx.opened,
     }

@@ -153,7 +153,7 @@ def _qat_run(ctx: Context, epochs: int, lr: float | None, teacher: str, calib_si
     ctx.device = engine.resolve_device(ctx.cfg.device if device is not None else "cpu")
     if reporter is not None:
         ctx.reporter = reporter
-    if "ig" in ctx.cfg.method.split("+"):
+    if "ig" in ctx.cfg.methods:
         from edgekd.pipeline.stages import ig
 
         ig.STAGE(ctx)  # its maps (valid: a skip) and their content id, for the overlays
@@ -188,7 +188,7 @@ def ig_compute_run(run_dir: str | Path, overrides: dict | None = None, device: s
     result = compute_ig(ctx, force=force, progress=progress)
     doc = result.manifest
     return {
-        "run": str(run_dir), "cache": str(ctx.info["ig_folder"]), "status": result.status,
+        "run": str(run_dir), "cache": str(ctx.ig_folder), "status": result.status,
         "maps": doc["shape"][0], "shape": doc["shape"], "dtype": doc["dtype"],
         "settings": doc["settings"], "computed_images": result.computed_images,
         "seconds": round(result.seconds, 3), "images_per_s": round(result.images_per_s, 3),

@@ -19,8 +19,8 @@ RESULTS_DIR = "budget"
 
 
 def final_check(ctx: Context) -> dict:
-    """This run's final measurement: recorded in the ledger, or (failed) held in ctx.info."""
-    return ctx.info.get("budget_final") or ctx.run.stage_info("budget")
+    """This run's final measurement: recorded in the ledger, or (failed) held in ctx.budget_final."""
+    return ctx.budget_final or ctx.run.stage_info("budget")
 
 
 def verdict(ctx: Context) -> None:
@@ -79,7 +79,7 @@ class BudgetStage(Stage):
         # from the selection's (measured first and last, the faster kept) when that is lower:
         # a teacher slowed by other load on the device cannot loosen the budget.
         limit = budget.limit_ms(teacher_ms)
-        selected = (ctx.info.get("selection") or ctx.run.stage_info("select") or {}).get("budget") or {}
+        selected = (ctx.selection or ctx.run.stage_info("select") or {}).get("budget") or {}
         if budget.speedup is not None and selected.get("limit_ms"):
             limit = min(limit, selected["limit_ms"])
         results = f"{RESULTS_DIR}/{result['path'].rsplit('/', 1)[-1]}"
@@ -93,7 +93,7 @@ class BudgetStage(Stage):
         if info["holds"]:
             ctx.run.mark_done("budget", key, [results], info)
         else:
-            ctx.info["budget_final"] = info
+            ctx.budget_final = info
         ctx.reporter.stage("budget", "done" if info["holds"] else "note",
                            f"{'holds' if info['holds'] else 'OVER BUDGET'}: student {student_ms:.3g} ms "
                            f"vs {limit:.3g} ms, {info['speedup']:.1f}x faster than the teacher")

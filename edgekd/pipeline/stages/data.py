@@ -64,11 +64,11 @@ class DataStage(Stage):
         data = ctx.data
         size = data.input_size
         aug = augment_settings(ctx)
-        ctx.info["data"] = {**data.summary(), "augmentation": {
+        ctx.data_summary = {**data.summary(), "augmentation": {
             "kind": "resized_crop" if isinstance(aug, ResizedCropSettings) else "crop_pad",
             **{k: list(v) if isinstance(v, tuple) else v for k, v in aug.__dict__.items()}}}
-        on_main(lambda: write_json(ctx.run / DATA_JSON, ctx.info["data"]))
-        sizes = ctx.info["data"]["sizes"]
+        on_main(lambda: write_json(ctx.run / DATA_JSON, ctx.data_summary))
+        sizes = ctx.data_summary["sizes"]
         ctx.reporter.stage(
             "data", "done",
             f"{data.name}: {data.num_classes} classes, {sizes['train']}/{sizes['val']}/"

@@ -74,8 +74,8 @@ def compute_ig(ctx: Context, force: bool = False, progress=None):
         result = compute_maps(folder, teacher, train, dataset, settings, dtype=g.dtype,
                               chunk_size=g.chunk_size, rows=g.internal_batch_size, device=ctx.device,
                               force=force, progress=progress or _IGProgress(ctx.reporter))
-    ctx.info["ig"] = result.content_id
-    ctx.info["ig_folder"] = folder
+    ctx.ig_id = result.content_id
+    ctx.ig_folder = folder
     doc = result.manifest
     distributed.barrier()  # rank 0 has recorded the last chunks in the manifest
     if result.rank == 0 and not ctx.run.stage_valid("ig", result.content_id):
@@ -103,10 +103,10 @@ def overlay_transform(ctx: Context, clean_for_teacher: bool = False) -> engine.B
     from edgekd.attribution.overlay import IGOverlay
     from edgekd.data.store import ImageStore
 
-    cache = MapCache(ctx.info["ig_folder"])
+    cache = MapCache(ctx.ig_folder)
     # a data set read from disk gets its maps read from disk too
     maps = cache.load(relative=True, lazy=isinstance(ctx.data.train.images, ImageStore))
-    if MapCache.content_id(cache.manifest()) != ctx.info["ig"]:
+    if MapCache.content_id(cache.manifest()) != ctx.ig_id:
         raise CacheError(f"{cache.folder} changed while the run was using it: rerun with --resume")
     return IGOverlay(maps, augment_settings(ctx), ctx.cfg.ig.p, ctx.cfg.ig.blend, clean_for_teacher)
 
@@ -116,7 +116,7 @@ class IGStage(Stage):
     outputs = IG_FILES
 
     def applies(self, ctx: Context) -> bool:
-        return "ig" in ctx.cfg.method.split("+")
+        return "ig" in ctx.cfg.methods
 
     def __call__(self, ctx: Context) -> None:
         if self.applies(ctx):

@@ -46,7 +46,7 @@ def _teacher(ctx: Context) -> str | None:
     run's method distils nothing and the run's teacher was asked for)."""
     if ctx.cfg.export.int8_qat_teacher == "student":
         return "student"
-    return "teacher" if any(m in LOSS_TERMS for m in ctx.cfg.method.split("+")) else None
+    return "teacher" if any(m in LOSS_TERMS for m in ctx.cfg.methods) else None
 
 
 def symmetric_activations(ctx: Context) -> bool:
@@ -73,10 +73,10 @@ class QATStage(Stage):
         from edgekd.config.targets import resolve_opset
 
         cfg, e = ctx.cfg, ctx.cfg.export
-        methods = cfg.method.split("+")
+        methods = cfg.methods
         teacher = [cfg.kd.__dict__, cfg.distill.__dict__, ctx.run.output_hash("teacher.pt")] \
             if _teacher(ctx) == "teacher" else [cfg.kd.__dict__, _teacher(ctx)]
-        ig = [cfg.ig.__dict__, ctx.info.get("ig")] if "ig" in methods else []
+        ig = [cfg.ig.__dict__, ctx.ig_id] if "ig" in methods else []
         return stage_key("qat", ctx.run.output_hash(STUDENT), qat_settings(ctx).__dict__, cfg.method,
                          *teacher, *ig, e.int8_calib_size, symmetric_activations(ctx), cfg.seed,
                          ctx.data.fingerprint(), ctx.device.type, augment_settings(ctx).__dict__,

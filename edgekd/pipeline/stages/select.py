@@ -52,7 +52,7 @@ def trainable(cfg, name: str, num_classes: int, input_size: int) -> None:
 
     cfg = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, arch=name))
     epoch_plan(cfg, num_classes, input_size)
-    methods = cfg.method.split("+")
+    methods = cfg.methods
     d = cfg.distill
     student = create_model(name, num_classes)
     if "indistill" in methods:
@@ -100,13 +100,13 @@ class SelectStage(Stage):
         if not names:
             first = next(iter(left_out.items()))
             raise SelectError(f"no candidate can be trained with {cfg.method}: {first[0]}: {first[1]}")
-        ctx.info["select_candidates"], ctx.info["select_left_out"] = names, left_out
+        ctx.select_candidates, ctx.select_left_out = names, left_out
         if ctx.run.stage_valid(self.name, self.key(ctx)):
             return  # a resumed run: its selection is recorded
         with tempfile.TemporaryDirectory(prefix="edgekd-select-") as work:
             doc = on_main(lambda: self._measure(ctx, names, work))
         check_fit(doc, b.target)
-        ctx.info["select_doc"] = doc
+        ctx.select_doc = doc
 
     def _measure(self, ctx: Context, names: list[str], work: str) -> dict:
         from edgekd.config.targets import resolve_opset
@@ -153,21 +153,21 @@ class SelectStage(Stage):
         else:
             info = self.run(ctx, key)
         ctx.cfg.student.arch = info["chosen"]
-        ctx.info["selection"] = info
+        ctx.selection = info
         plan_epochs(ctx)
 
     def run(self, ctx: Context, key: str) -> dict:
         from edgekd.selection.select import check_fit, write_outputs
 
         b = ctx.cfg.budget
-        if "select_candidates" not in ctx.info:
+        if ctx.select_candidates is None:
             self.check(ctx)  # called on its own, outside compress
-        doc = ctx.info.pop("select_doc", None)
+        doc, ctx.select_doc = ctx.select_doc, None
         if doc is None:  # --force on a run whose selection was valid
-            doc = on_main(lambda: self._measure(ctx, ctx.info["select_candidates"],
+            doc = on_main(lambda: self._measure(ctx, ctx.select_candidates,
                                                 str(ctx.run / SELECT_DIR / "work")))
             check_fit(doc, b.target)
-        left_out = ctx.info["select_left_out"]
+        left_out = ctx.select_left_out
         fitting = [r["arch"] for r in doc["candidates"] if r.get("fits")]
         trial = None
         if b.select_epochs > 0 and len(fitting) > 1:

@@ -38,7 +38,7 @@ def student_objective(ctx: Context, model, source: str = "teacher.pt"):
     loss included; cross-entropy alone when the method uses no teacher) and its batch
     transform (the IG overlays with `ig`, else None: the standard augmentation)."""
     cfg = ctx.cfg
-    methods = cfg.method.split("+")
+    methods = cfg.methods
     ls = cfg.student.train.label_smoothing
     uses_teacher = any(m in LOSS_TERMS for m in methods)
     if uses_teacher:
@@ -58,12 +58,12 @@ class StudentStage(Stage):
 
     def key(self, ctx: Context) -> str:
         cfg, scfg = ctx.cfg, ctx.cfg.student
-        methods = cfg.method.split("+")
+        methods = cfg.methods
         init = ctx.run.output_hash(WARMUP) if "indistill" in methods else None
         source = _source(ctx)
         # With overlays the student depends on the maps themselves (their content id), not only
         # on the settings that made them.
-        ig = [cfg.ig.__dict__, ctx.info["ig"]] if "ig" in methods else []
+        ig = [cfg.ig.__dict__, ctx.ig_id] if "ig" in methods else []
         return stage_key("student", scfg.arch, scfg.train.__dict__, cfg.method, cfg.kd.__dict__,
                          cfg.distill.__dict__, init, ctx.run.output_hash("teacher.pt"),
                          ctx.data.fingerprint(), cfg.seed, ctx.device.type,
@@ -73,7 +73,7 @@ class StudentStage(Stage):
 
     def run(self, ctx: Context, key: str) -> None:
         cfg, scfg = ctx.cfg, ctx.cfg.student
-        methods = cfg.method.split("+")
+        methods = cfg.methods
         plan = plan_epochs(ctx)
         source = _source(ctx)
         uses_teacher = any(m in LOSS_TERMS for m in methods)

@@ -40,7 +40,7 @@ def epoch_plan(cfg: RunConfig, num_classes: int, input_size: int) -> dict:
     (the InDistill code counts its warm-up inside its 60). Refused when nothing is left."""
     total = cfg.student.train.epochs
     warm = 0
-    if "indistill" in cfg.method.split("+"):
+    if "indistill" in cfg.methods:
         d = cfg.distill
         # Random weights suffice: the mapping depends on the architectures only.
         teacher = create_model(d.aux_teacher or cfg.teacher.arch, num_classes)
@@ -57,10 +57,10 @@ def epoch_plan(cfg: RunConfig, num_classes: int, input_size: int) -> dict:
 
 
 def plan_epochs(ctx: Context) -> dict:
-    """The run's epoch plan, computed once and kept in ctx.info['epoch_plan']."""
-    if "epoch_plan" not in ctx.info:
-        ctx.info["epoch_plan"] = epoch_plan(ctx.cfg, ctx.data.num_classes, ctx.data.input_size)
-    return ctx.info["epoch_plan"]
+    """The run's epoch plan, computed once and kept in ctx.epoch_plan."""
+    if ctx.epoch_plan is None:
+        ctx.epoch_plan = epoch_plan(ctx.cfg, ctx.data.num_classes, ctx.data.input_size)
+    return ctx.epoch_plan
 
 
 class WarmupStage(Stage):
@@ -68,7 +68,7 @@ class WarmupStage(Stage):
     outputs = (WARMUP,)
 
     def applies(self, ctx: Context) -> bool:
-        return "indistill" in ctx.cfg.method.split("+")
+        return "indistill" in ctx.cfg.methods
 
     def check(self, ctx: Context) -> None:
         # A warm-up that cannot be mapped or leaves no epochs is refused here; a student still
