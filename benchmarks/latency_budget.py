@@ -187,7 +187,7 @@ def remeasure(work: Path, datasets: list[str]) -> None:
 def plot(doc: dict, path: Path) -> None:
     """One panel per data set and batch: each budget's trained student (accuracy against its
     p50), the budget's limit as a dotted line, the teacher as a square."""
-    from edgekd.bench.plot import pyplot, save_png
+    from edgekd.plotting import pyplot, save_png
 
     plt = pyplot()
     panels = [(ds, entry, b) for ds, entry in doc["datasets"].items()

@@ -38,13 +38,13 @@ from deploy.harness import MeasureSettings  # noqa: E402
 from edgekd.bench.measure import compare_run  # noqa: E402
 from edgekd.export.onnx import export_onnx  # noqa: E402
 from edgekd.models.registry import create_model  # noqa: E402
-from edgekd.pipeline.samples import save_npy  # noqa: E402
+from edgekd.runfiles import save_npy  # noqa: E402
 from edgekd.train import checkpoint  # noqa: E402
 
 TEACHER, STUDENT = "mbv2_cifar", "mbv2_cifar_trunc5"
 CIFAR_ZIP = ROOT.parent / "shared" / "data" / "cifar10-jpeg.zip"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)  # PAPERS.md: teacher normalisation
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)  # docs/methods.md: teacher normalisation
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "latency_claim.json"
 
 

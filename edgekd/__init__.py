@@ -1,3 +1,5 @@
 """edgekd: distil an image classifier into a small student and ship it to an edge device."""
 
-__version__ = "0.1.0"
+from edgekd.version import __version__
+
+__all__ = ["__version__"]

@@ -27,7 +27,7 @@ def run(tiny_run, tmp_path):
 def _black_calibration(run, tmp_path):
     """One black image: every activation range collapses, so INT8 saturates on real images;
     labels = the FP32 model's own predictions, so any disagreement is a drop."""
-    from edgekd.pipeline.samples import ensure_samples
+    from edgekd.runfiles import ensure_samples
 
     x = np.load(ensure_samples(run)[0])  # real test images (written for a --no-bench run)
     y = predict(str(run / "student.onnx"), x)

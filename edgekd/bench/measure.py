@@ -20,7 +20,7 @@ from deploy.errors import DeployError, RunnerUnavailable
 from deploy.harness import MeasureSettings
 from deploy.runners import OrtRunner
 from edgekd.errors import BenchError, RunDirError
-from edgekd.pipeline.rundir import REPORT, SAMPLES
+from edgekd.runfiles import REPORT, SAMPLES
 
 SET_SCHEMA = "edgekd.bench-set"
 COMPARE_SCHEMA = "edgekd.latency-compare"
@@ -138,7 +138,8 @@ def compare_run(run_dir: str | Path, batch_sizes: Sequence[int] = (64, 1), threa
     """Teacher vs student of a run on this machine, per backend (PyTorch eager from the .pt
     files, ONNX Runtime from the .onnx files, INT8 when quantized exports exist) and batch
     size, with the speed-up, its conservative 95 % interval, the MAC ratio and the claim."""
-    from edgekd.pipeline.samples import ensure_samples
+    from edgekd.pipeline.standalone import open_run
+    from edgekd.runfiles import ensure_samples
 
     run = Path(run_dir)
     pairs = [("torch", "fp32", "fp32", "{}.pt", "{}.pt"),
@@ -148,7 +149,7 @@ def compare_run(run_dir: str | Path, batch_sizes: Sequence[int] = (64, 1), threa
     for need in ("teacher.pt", "student.pt", "teacher.onnx", "student.onnx"):
         if not (run / need).is_file():
             raise RunDirError(f"{run} has no {need}: pass a finished run (edgekd compress, edgekd export)")
-    samples, _ = ensure_samples(run)
+    samples, _ = ensure_samples(run, open_data=lambda: open_run(run).data)
     threads = threads or len(os.sched_getaffinity(0))
     environment = capture()
     documents: dict[str, dict] = {}

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import click
 
-from edgekd import __version__
 from edgekd.cli import bench, compress, deploy, experiment, export, ig, models, quantize, select
 from edgekd.cli.common import Group
+from edgekd.version import __version__
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -39,6 +39,7 @@ def deploy(run_dir, target, backend, remote_python, remote_dir, batches, threads
     The bundle is verified by checksum on the device before anything in it runs; results go to
     RUN_DIR/bench-<target>.json (schema edgekd.run-bench).
     """
+    from edgekd.pipeline.standalone import open_run
     from edgekd.ship import DeployOptions, deploy_run
 
     opts = DeployOptions(
@@ -53,7 +54,7 @@ def deploy(run_dir, target, backend, remote_python, remote_dir, batches, threads
         err.print(f"[cyan]{step:>8}[/] {detail}", highlight=False, soft_wrap=True)
 
     try:
-        result = deploy_run(run_dir, opts, progress)
+        result = deploy_run(run_dir, opts, progress, open_data=lambda: open_run(run_dir).data)
     except KeyboardInterrupt:
         err.print("interrupted: rerun the same command; the transfer resumes and nothing "
                   "unverified runs on the device")

@@ -8,11 +8,19 @@ import numpy as np
 import torch
 
 from edgekd.data.cache import cache_dir
-from edgekd.data.dataset import Dataset, Split, resize_uint8, stratified_split, use_disk
+from edgekd.data.dataset import (
+    Dataset,
+    LoadRequest,
+    Split,
+    register_loader,
+    resize_uint8,
+    stratified_split,
+    use_disk,
+)
 from edgekd.data.store import StoreWriter, open_or_build
 from edgekd.errors import DataError
 
-# The papers' teacher normalisation (PAPERS.md): kept so a paper teacher checkpoint fits.
+# The papers' teacher normalisation (docs/methods.md): kept so a paper teacher checkpoint fits.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
 
@@ -81,3 +89,11 @@ def load_cifar10(
         source=f"torchvision CIFAR10 at {root}",
         extra={"split_seed": split_seed},
     )
+
+
+def _load(r: LoadRequest) -> Dataset:
+    return load_cifar10(r.data_dir, r.input_size, r.val_fraction, r.split_seed, r.download,
+                        r.storage)
+
+
+register_loader("cifar10", _load)

@@ -10,6 +10,7 @@ Augmentation runs batched on tensors (see `edgekd.data.augment`).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,6 +95,32 @@ class Dataset:
         }
 
 
+@dataclass(frozen=True)
+class LoadRequest:
+    """What `load_dataset` hands a registered loader: the spec's path (imagefolder) and the
+    load settings, each loader taking the ones it uses."""
+
+    path: str | None
+    input_size: int
+    data_dir: str | Path | None
+    val_fraction: float
+    split_seed: int
+    download: bool
+    storage: str
+    skip_bad_images: bool
+    progress: Callable | None
+
+
+_LOADERS: dict[str, Callable[[LoadRequest], Dataset]] = {}
+
+
+def register_loader(kind: str, load: Callable[[LoadRequest], Dataset]) -> None:
+    """Make `load_dataset` build data sets of `kind` (a name parse_dataset_spec returns) with
+    `load`. The loader modules (digits, cifar10, imagefolder) call this when imported, and
+    edgekd.data imports them; this module imports none of them."""
+    _LOADERS[kind] = load
+
+
 def pixel_digest(images: torch.Tensor | ImageStore) -> str:
     """sha256 of uint8 pixels in order: the same for a tensor and a store of the same images."""
     if isinstance(images, ImageStore):
@@ -128,18 +155,12 @@ def load_dataset(
     kind, path = parse_dataset_spec(spec)
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val fraction must be in [0, 1), got {val_fraction}")
-    if kind == "digits":
-        from edgekd.data.digits import load_digits_dataset
-
-        return load_digits_dataset(input_size, val_fraction, split_seed)
-    if kind == "cifar10":
-        from edgekd.data.cifar10 import load_cifar10
-
-        return load_cifar10(data_dir, input_size, val_fraction, split_seed, download, storage)
-    from edgekd.data.imagefolder import load_imagefolder
-
-    return load_imagefolder(path, input_size, val_fraction, split_seed, storage, skip_bad_images,
-                            progress)
+    load = _LOADERS.get(kind)
+    if load is None:
+        raise DataError(f"no loader is registered for {kind!r} data sets: import edgekd.data "
+                        "(it registers digits, cifar10 and imagefolder)")
+    return load(LoadRequest(path, input_size, data_dir, val_fraction, split_seed, download,
+                            storage, skip_bad_images, progress))
 
 
 def stratified_split(

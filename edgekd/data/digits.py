@@ -6,7 +6,15 @@ import numpy as np
 import torch
 from sklearn.datasets import load_digits
 
-from edgekd.data.dataset import Dataset, Split, channel_stats, resize_uint8, stratified_split
+from edgekd.data.dataset import (
+    Dataset,
+    LoadRequest,
+    Split,
+    channel_stats,
+    register_loader,
+    resize_uint8,
+    stratified_split,
+)
 
 TEST_FRACTION = 0.2
 
@@ -39,3 +47,10 @@ def load_digits_dataset(input_size: int, val_fraction: float, split_seed: int) -
         source="sklearn.datasets.load_digits (UCI ML hand-written digits, 8x8, bundled)",
         extra={"split_seed": split_seed},
     )
+
+
+def _load(r: LoadRequest) -> Dataset:
+    return load_digits_dataset(r.input_size, r.val_fraction, r.split_seed)
+
+
+register_loader("digits", _load)

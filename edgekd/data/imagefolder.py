@@ -20,7 +20,15 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from edgekd.data.cache import cache_dir
-from edgekd.data.dataset import Dataset, Split, channel_stats, stratified_split, use_disk
+from edgekd.data.dataset import (
+    Dataset,
+    LoadRequest,
+    Split,
+    channel_stats,
+    register_loader,
+    stratified_split,
+    use_disk,
+)
 from edgekd.data.store import ImageStore, StoreWriter, open_or_build
 from edgekd.errors import DataError
 from edgekd.io import write_json
@@ -202,3 +210,11 @@ def load_imagefolder(path: str, input_size: int, val_fraction: float, split_seed
                "preprocessing": f"torchvision Resize({input_size}) + CenterCrop({input_size}), RGB",
                **({"skipped_images": skipped} if skip_bad_images else {})},
     )
+
+
+def _load(r: LoadRequest) -> Dataset:
+    return load_imagefolder(r.path, r.input_size, r.val_fraction, r.split_seed, r.storage,
+                            r.skip_bad_images, r.progress)
+
+
+register_loader("imagefolder", _load)

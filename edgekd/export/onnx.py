@@ -16,9 +16,9 @@ import numpy as np
 import onnx
 import torch
 
-from edgekd import __version__
 from edgekd.errors import EdgeKDError
 from edgekd.models.registry import Classifier
+from edgekd.version import __version__
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 

@@ -92,7 +92,7 @@ def diagnose_onnx(fp32: str | Path, int8: str | Path, images, json_path: str | P
 
     write_json(json_path, doc)
     if png_path is not None:
-        from edgekd.bench.plot import diagnosis_png
+        from edgekd.export.plot import diagnosis_png
 
         diagnosis_png(doc, png_path)
     return doc

@@ -20,7 +20,7 @@ from edgekd.config import RunConfig, validate
 from edgekd.io import write_json
 from edgekd.pipeline.context import Context, Reporter, Silent, on_main
 from edgekd.pipeline.report import build_report
-from edgekd.pipeline.rundir import REPORT, RunDir
+from edgekd.pipeline.rundir import RunDir
 from edgekd.pipeline.stages import (
     aux,
     bench,
@@ -37,6 +37,7 @@ from edgekd.pipeline.stages import (
     warmup,
 )
 from edgekd.pipeline.stages.data import prepare_data
+from edgekd.runfiles import REPORT
 from edgekd.train import engine
 
 # Training stages run on every rank (torchrun splits each batch); the finishing stages and

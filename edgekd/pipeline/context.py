@@ -16,7 +16,8 @@ from edgekd.data import Dataset
 from edgekd.data.augment import RESIZED_CROP_FROM, AugmentSettings, ResizedCropSettings
 from edgekd.errors import EdgeKDError
 from edgekd.models.registry import Classifier, create_model
-from edgekd.pipeline.rundir import METRICS, RunDir
+from edgekd.pipeline.rundir import RunDir
+from edgekd.runfiles import METRICS
 from edgekd.train import checkpoint, engine
 
 # Files of the run directory that more than one stage reads.

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import time
 
-from edgekd import __version__
 from edgekd.config import recipe_record
 from edgekd.models.profile import count_macs, count_params
 from edgekd.pipeline.context import AUX, WARMUP, Context, load_run_model
-from edgekd.pipeline.rundir import BENCH, METRICS, SAMPLE_LABELS, SAMPLES
 from edgekd.pipeline.stages.budget import final_check
 from edgekd.pipeline.stages.ig import IG_FILES
+from edgekd.runfiles import BENCH, METRICS, SAMPLE_LABELS, SAMPLES
+from edgekd.version import __version__
 
 
 def _model_entry(ctx: Context, role: str) -> dict:

@@ -15,15 +15,12 @@ from pathlib import Path
 
 import yaml
 
-from edgekd import __version__
 from edgekd.config import RunConfig, recipe_record
 from edgekd.errors import RunDirError
 from edgekd.io import sha256_file, sha256_json, write_json, write_text
+from edgekd.runfiles import CONFIG, REPORT, STATE
+from edgekd.version import __version__
 
-CONFIG, STATE, METRICS, REPORT, BENCH, SAMPLES = (
-    "config.yaml", "state.json", "metrics.jsonl", "report.json", "bench.json", "samples.npy",
-)
-SAMPLE_LABELS = "samples_labels.npy"  # the classes of samples.npy (on-device accuracy checks)
 _HELD: dict[str, int] = {}  # run directories this process holds the lock of -> the lock's fd
 
 

@@ -7,10 +7,11 @@ from pathlib import Path
 from edgekd.config import apply_override, config_from_dict, validate
 from edgekd.errors import RunDirError
 from edgekd.pipeline.context import IG_DIR, Context, load_run_model
-from edgekd.pipeline.rundir import CONFIG, RunDir
+from edgekd.pipeline.rundir import RunDir
 from edgekd.pipeline.stages import data as data_stage
 from edgekd.pipeline.stages import export as export_stage
 from edgekd.pipeline.stages.ig import compute_ig
+from edgekd.runfiles import CONFIG
 from edgekd.train import engine
 
 

@@ -18,12 +18,12 @@ from deploy import SCHEMA_VERSION
 from deploy.bundle import build_bundle
 from deploy.errors import DeployError, RunnerUnavailable
 from deploy.harness import MeasureSettings
-from edgekd import __version__
 from edgekd.errors import SelectError, ShipError
 from edgekd.models.profile import count_macs, count_params
 from edgekd.models.registry import create_model
 from edgekd.selection.cache import LatencyCache, environment_fingerprint
 from edgekd.ship.remote import DeployOptions, connect, manifest_bytes, run_on_device
+from edgekd.version import __version__
 
 Progress = Callable[[str, str], None]
 

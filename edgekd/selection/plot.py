@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgekd.bench.plot import pyplot, save_png
+from edgekd.plotting import pyplot, save_png
 
 
 def pareto_png(doc: dict, path: str | Path) -> None:

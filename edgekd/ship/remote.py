@@ -27,7 +27,7 @@ from deploy.errors import DeployError, RunnerUnavailable
 from deploy.harness import MeasureSettings
 from edgekd.errors import RunDirError, ShipError
 from edgekd.io import write_json
-from edgekd.pipeline.rundir import CONFIG, REPORT
+from edgekd.runfiles import CONFIG, REPORT, ensure_samples
 from edgekd.ship.transport import (
     Target,
     Transport,
@@ -155,10 +155,11 @@ def check_options(opts: DeployOptions) -> None:
 
 
 def deploy_run(run_dir: str | Path, opts: DeployOptions, progress: Progress | None = None,
-               results_dir: str | None = None) -> dict:
+               results_dir: str | None = None, open_data: Callable | None = None) -> dict:
     """Ship the run to `opts.target`, measure it there and return {'path': the results file in
     the run (RUN/bench-<target>.json, or under RUN/<results_dir>/), 'document': its
-    edgekd.run-bench content, 'bundle', 'transfer', 'probe'}."""
+    edgekd.run-bench content, 'bundle', 'transfer', 'probe'}. `open_data` opens the run's
+    data set when its sample inputs must be written (edgekd.runfiles.ensure_samples)."""
     say = progress or (lambda step, detail: None)
     run = Path(run_dir)
     check_options(opts)
@@ -166,7 +167,7 @@ def deploy_run(run_dir: str | Path, opts: DeployOptions, progress: Progress | No
         raise RunDirError(f"{run} is not an edgekd run directory (no {CONFIG}): pass a run's folder")
 
     say("bundle", "building")
-    manifest = build_run_bundle(run, opts.models)
+    manifest = build_run_bundle(run, opts.models, open_data)
     size = manifest_bytes(manifest)
     say("bundle", f"{run / BUNDLE_DIR}: {len(manifest['models'])} models, {len(manifest['files'])} files, "
                   f"{size / 2**20:.1f} MiB, id {manifest['manifest_sha256'][:12]}")
@@ -177,10 +178,9 @@ def deploy_run(run_dir: str | Path, opts: DeployOptions, progress: Progress | No
     return {"path": str(out), **result, "probe": device.probe}
 
 
-def build_run_bundle(run: Path, models: Sequence[str] | None = None) -> dict[str, Any]:
+def build_run_bundle(run: Path, models: Sequence[str] | None = None,
+                     open_data: Callable | None = None) -> dict[str, Any]:
     """RUN/bundle/ from the run's ONNX models, sample images with labels and calibration set."""
-    from edgekd.pipeline.samples import ensure_samples
-
     present = {k: run / f for k, f in MODEL_FILES.items() if (run / f).is_file()}
     if models:
         unknown = [m for m in models if m not in MODEL_FILES]
@@ -203,7 +203,7 @@ def build_run_bundle(run: Path, models: Sequence[str] | None = None) -> dict[str
                         **{k: facts[k] for k in ("arch", "macs", "params") if k in facts}}
         if "accuracy" in facts and role == key:  # the FP32 model's test top-1 from report.json
             entries[key]["test_top1"] = facts["accuracy"]
-    samples, labels = ensure_samples(run)
+    samples, labels = ensure_samples(run, open_data=open_data)
     calib = next((run / d for d in CALIB_DIRS if (run / d / "calib.json").is_file()), None)
     name = re.sub(r"[^A-Za-z0-9._-]", "_", run.resolve().name)[:80] or "run"
     source = {"run": run.resolve().name, "dataset": (report.get("dataset") or {}).get("name"),

@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgekd import __version__
 from edgekd.errors import ModelError
 from edgekd.io import atomic_path
 from edgekd.models.fit import check_fit, file_classes, replace_head
 from edgekd.models.registry import Classifier, create_model
+from edgekd.version import __version__
 
 FORMAT = "edgekd.model"
 

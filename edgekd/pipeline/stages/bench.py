@@ -7,8 +7,9 @@ import os
 
 from edgekd.io import write_json
 from edgekd.pipeline.context import Context
-from edgekd.pipeline.rundir import BENCH, SAMPLE_LABELS, SAMPLES, stage_key
+from edgekd.pipeline.rundir import stage_key
 from edgekd.pipeline.stage import Stage
+from edgekd.runfiles import BENCH, SAMPLE_LABELS, SAMPLES
 
 
 class BenchStage(Stage):
@@ -25,7 +26,7 @@ class BenchStage(Stage):
     def run(self, ctx: Context, key: str) -> None:
         from deploy.bench import run_bench
         from deploy.harness import MeasureSettings
-        from edgekd.pipeline.samples import save_npy, test_samples
+        from edgekd.runfiles import save_npy, test_samples
 
         b = ctx.cfg.bench
         threads = b.threads or os.cpu_count() or 1

@@ -52,7 +52,7 @@ class BudgetStage(Stage):
     def run(self, ctx: Context, key: str) -> None:
         from dataclasses import replace
 
-        from edgekd.pipeline.samples import ensure_samples
+        from edgekd.runfiles import ensure_samples
         from edgekd.selection.measure import SELECT_SETTINGS
         from edgekd.selection.select import measured_value
         from edgekd.ship.remote import deploy_run
