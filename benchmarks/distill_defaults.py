@@ -4,7 +4,7 @@
    the overlaid image the student sees, or from the clean one (same crop and flip)?
    `kd+ig`, both ways, N seeds each, Welch's t-test between them.
 2. `distill.pkt_weight`: `pkt` (CE + w * PKT) at a few weights; edgekd's PKT is batch-size
-   times the mean-over-B^2 value of Passalis' / RepDistiller's code (README: Decisions).
+   times the mean-over-B^2 value of Passalis' / RepDistiller's code (docs/decisions.md).
 
     python benchmarks/distill_defaults.py [--teacher runs/.../teacher.pt] [--seeds 4]
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole GPU check in one device call (README: The papers' accuracy, reproduced):
+# The whole GPU check in one device call (docs/jetson.md: The papers' accuracy, reproduced):
 # the CUDA smoke tests, then the paper-scale reproduction, results and logs into $OUT.
 #
 # Prepare here, once (the device has no network; `.device/` is git-ignored):

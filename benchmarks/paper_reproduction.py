@@ -14,8 +14,8 @@ kept, a half-trained run continues from its last epoch):
    channels-last; `--recipe paper` with the short schedule below, every deviation listed;
 5. the compression-factor sweep (student and kd+ig, one seed) if time is left.
 
-After each method the side-by-side table (edgekd vs PAPERS.md: mean +- sd, best, Welch p vs
-student and vs kd) is rewritten to --results (default benchmarks/results/) as
+After each method the side-by-side table (edgekd vs the paper, docs/methods.md: mean +- sd,
+best, Welch p vs student and vs kd) is rewritten to --results (default benchmarks/results/) as
 paper_reproduction.{json,md}, with the GPU, versions and wall time, so a call cut short still
 leaves a partial table. Before starting a method it checks the budget and stops cleanly.
 
@@ -65,8 +65,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 METHODS = ("student", "kd", "kd+ig", "indistill+kd", "indistill+kd+ig")
 SWEEP = tuple(f"mbv2_cifar_trunc{k}" for k in (3, 7, 9, 11, 13))
 
-# PAPERS.md, CIFAR-10, 4.1x student, 10 runs: (mean, sd, max); InDistill reports no figure
-# for this teacher/student pair.
+# The IG paper (docs/methods.md), CIFAR-10, 4.1x student, 10 runs: (mean, sd, max); InDistill
+# reports no figure for this teacher/student pair.
 PAPER = {"student": (91.18, 0.31, 91.50), "kd": (91.62, 0.43, 92.29), "ig": (91.35, 0.32, 92.01),
          "at": (91.16, 0.32, 91.58), "kd+ig": (92.02, 0.34, 92.58), "kd+at": (91.75, 0.29, 92.20),
          "ig+at": (91.46, 0.23, 91.84), "kd+ig+at": (91.86, 0.28, 92.42)}
@@ -180,7 +180,7 @@ def markdown(doc: dict) -> str:
             rp._fmt(le["best"]), rp._fmt_p(r.get("p_vs_student")), rp._fmt_p(r.get("p_vs_kd")),
             f"{paper[0]:.2f} ± {paper[1]:.2f} ({paper[2]:.2f})" if paper else "n/a"]) + " |")
     lines += ["", "Accuracy: student test top-1 in %, last epoch (the papers' protocol); the paper's "
-              "figures are 10 runs of 100 epochs (PAPERS.md). p: two-sided Welch t-test on "
+              "figures are 10 runs of 100 epochs (docs/methods.md). p: two-sided Welch t-test on "
               "last-epoch accuracies."]
     for e in doc.get("errors", []):
         lines += ["", f"**{e['method']} failed**: {e['error'][:300]}"]

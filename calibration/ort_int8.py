@@ -3,7 +3,7 @@
 Defaults: QDQ format, INT8 (S8S8) activations and per-channel symmetric INT8 weights. That
 is ONNX Runtime's default and recommended setting: its CPU provider rewrites S8 activations
 to U8 where the x86 kernels want it, and ARM64 runs S8S8 natively, so QInt8 is the fastest
-common choice (see README.md for the measurement). `for_tensorrt=True` makes the Q/DQ model
+common choice. `for_tensorrt=True` makes the Q/DQ model
 TensorRT's explicit quantization accepts: symmetric activations (zero point 0), Q/DQ pairs on
 FP32 weights and FP32 bias.
 """
@@ -220,7 +220,7 @@ def _session(path: PathLike, exact: bool = False) -> ort.InferenceSession:
         # No graph rewrites: each DequantizeLinear -> FP32 op -> QuantizeLinear runs as written,
         # the arithmetic TensorRT, ARM and VNNI/AMX x86 kernels reproduce (int32 accumulation).
         # ORT's fused x86 kernels without VNNI instead sum u8 x s8 pairs in 16 bits
-        # (vpmaddubsw), which saturates with full-range weights (README: INT8).
+        # (vpmaddubsw), which saturates with full-range weights (docs/int8.md).
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 

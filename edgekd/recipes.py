@@ -2,7 +2,7 @@
 
 - `edgekd`: the data set's own defaults (`edgekd.config.default_config`): faster schedules
   (one-cycle or cosine), exact BatchNorm statistics, bf16 on CUDA, a validation hold-out.
-- `paper`: the IG paper's final setup (PAPERS.md section 1) for teacher and student alike:
+- `paper`: the IG paper's final setup (docs/methods.md) for teacher and student alike:
   Adam lr 1e-3, no schedule, no weight decay, batch 64, 100 epochs, KD alpha 0.01 at T 2.5, AT
   gamma 0.8, FP32, every training image (no validation hold-out; the last epoch is reported),
   the teacher normalised with the CIFAR-10 statistics and the student fed raw pixels as in

@@ -1,4 +1,4 @@
-"""The methods as the papers' public code has them (PAPERS.md), the fair epoch budget, the
+"""The methods as the papers' public code has them (docs/methods.md), the fair epoch budget, the
 clean-teacher option and the `--recipe` flag."""
 
 from __future__ import annotations

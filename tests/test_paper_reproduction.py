@@ -44,7 +44,7 @@ def test_miniature_reproduction_is_cut_short_then_resumed(tmp_path):
     assert rows["indistill+kd"]["warmup_epochs"] == 1
     assert (work / "experiment" / "teacher" / "teacher.pt").stat().st_mtime_ns == teacher_mtime
     md = (work / "paper_reproduction.md").read_text()
-    assert "| kd+ig | 1 | 2 |" in md and "92.02 ± 0.34 (92.58)" in md  # side by side with PAPERS.md
+    assert "| kd+ig | 1 | 2 |" in md and "92.02 ± 0.34 (92.58)" in md  # side by side with the paper's figures (docs/methods.md)
     assert "Recipe: paper (deviations: " in md and "student.train.epochs 100 -> 2" in md
     # the IG maps were computed once, for the timing, and shared by both ig runs
     assert len([p for p in (work / "experiment" / "ig").iterdir() if p.is_dir()]) == 1

@@ -7,7 +7,7 @@ dF/dz / std and (x - b) = std * (z - z_b), so the attributions are identical. Th
 baseline "in the teacher's normalised input space" is therefore the teacher's mean in raw
 pixels, which is what `baselines(kind="zeros")` returns.
 
-A map is the sum over colour channels of |attribution| (PAPERS.md), shape H x W.
+A map is the sum over colour channels of |attribution| (docs/methods.md), shape H x W.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The IG overlay augmentation (PAPERS.md section 1), as an engine `BatchTransform`.
+"""The IG overlay augmentation (docs/methods.md), as an engine `BatchTransform`.
 
 Space: the overlay happens on raw [0, 1] pixels, the student's input space (students, like
 teachers, normalise inside the model), after the geometric augmentation. The map is stacked

@@ -1,25 +1,7 @@
 """Export targets: the ONNX opset and IR version the runtime on each kind of device parses.
 
-| target       | runtime on the device                                   | opset (default / max) | IR |
-|--------------|---------------------------------------------------------|-----------------------|----|
-| `jetson-jp5` | JetPack 5.1.x: TensorRT 8.5.2                           | 17 / 17               | 8  |
-| `jetson-jp6` | JetPack 6.0: TensorRT 8.6.2; JetPack 6.1, 6.2: TRT 10.3 | 17 / 17               | 8  |
-| `jetson-jp7` | JetPack 7.x: TensorRT 10.13 (TensorRT 10.x)             | 20 / 20               | 9  |
-| `cpu`        | ONNX Runtime >= 1.18 (edgekd's own requirement)         | 17 / 21               | 8  |
-
-Sources: onnx-tensorrt `docs/operators.md` per release branch ("TensorRT 8.5 supports
-operators up to Opset 17", the same for 8.6; "TensorRT 10.0 supports operators in the
-inclusive range of opset 9 to opset 20"; 10.6 moved to ONNX 1.17, opset 22). JetPack 6.0
-shipped TensorRT 8.6, so one `jetson-jp6` file must stay at opset 17 to load on every
-JetPack 6 release. JetPack 7 ships TensorRT 10.x; NVIDIA's TensorRT 11.3 notes say JetPack
-is not yet supported by TensorRT 11, whose parser reads opsets up to 24/25, so opset 20 will
-parse there as well. ONNX Runtime 1.18 reads opsets up to 21 and IR 10; the `cpu` target
-defaults to 17 because the TorchScript exporter that writes it is 25x faster than the dynamo
-exporter that writes 18 and later (README: Decisions).
-
-The IR version written is the lowest the opset allows (ONNX's own release table: opsets
-17-18 -> IR 8, 19-20 -> IR 9, 21-22 -> IR 10): a reader older than the exporter accepts it.
-"""
+The table, its sources (onnx-tensorrt's operator docs per release, ONNX's version table) and
+why `cpu` defaults to opset 17 are in docs/export.md."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """InDistill warm-up (Sarridis et al., WACV 2025): layer-wise curriculum feature distillation
 through a channel-pruned teacher.
 
-Decisions where the authors' public code was sloppy (PAPERS.md section 2):
+Decisions where the authors' public code was sloppy (docs/methods.md, InDistill):
 - The pruned teacher layer is the unpruned layer restricted to the output filters that
   L1-norm structured pruning (torch.nn.utils.prune.ln_structured, n=1, dim=0) keeps, fed by
   the unpruned teacher's previous activation. Its BatchNorm keeps the teacher's statistics
@@ -162,7 +162,7 @@ def build_mapping(student: nn.Module, teacher: nn.Module, pairs: list[tuple[str,
 def curriculum(n_layers: int, a: int = 2, b: int = 1) -> list[tuple[int, int]]:
     """(first_epoch, last_epoch) of each layer, 1-based: layer l (counted from 1, shallow to
     deep) trains for S_l = a + b*l epochs, as the public code's switch points a+1, a+1+a+2, ...
-    (PAPERS.md): a = 2, b = 1 gives three layers 3, 4 and 5 epochs."""
+    (docs/methods.md): a = 2, b = 1 gives three layers 3, 4 and 5 epochs."""
     spans, start = [], 1
     for layer in range(1, n_layers + 1):
         length = a + b * layer

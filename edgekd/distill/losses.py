@@ -57,7 +57,7 @@ def attention_map(fm: torch.Tensor) -> torch.Tensor:
 
 
 class ATLoss(LossTerm):
-    """Attention transfer: mean squared difference of the two attention maps (PAPERS.md).
+    """Attention transfer: mean squared difference of the two attention maps (docs/methods.md).
 
     Maps of different spatial size are compared after resizing the teacher's to the student's.
     """

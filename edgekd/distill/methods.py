@@ -40,14 +40,14 @@ FULL_DEPTH = 19
 
 
 def at_divisor(removed: int | None) -> int:
-    """PAPERS.md: d = 2 for L in 3-7 (and the full-depth families), 4 for 9-13, 8 for 15, 20 for 17."""
+    """docs/methods.md: d = 2 for L in 3-7 (and the full-depth families), 4 for 9-13, 8 for 15, 20 for 17."""
     if removed is None:
         return 2
     return 2 if removed <= 7 else 4 if removed <= 13 else 8 if removed <= 15 else 20
 
 
 def auto_at_layer(student: nn.Module, teacher: nn.Module, removed: int | None) -> tuple[str, str]:
-    """The (student, teacher) AT and FitNet layers: `features[19 // d]` (PAPERS.md).
+    """The (student, teacher) AT and FitNet layers: `features[19 // d]` (docs/methods.md).
 
     The index is into the *full* 19-module network, as the public code's `middle_index`, for
     teacher and student alike (features.9 for the 4.1x student), not into a truncated
@@ -110,7 +110,7 @@ def build_terms(methods: list[str], cfg, student: nn.Module, teacher: nn.Module,
         if d.fitnet_layer:
             s, t = parse_pair(d.fitnet_layer, "distill.fitnet_layer")
         else:
-            s, t = auto_at_layer(student, teacher, removed)  # the AT layer (PAPERS.md)
+            s, t = auto_at_layer(student, teacher, removed)  # the AT layer (docs/methods.md)
         shapes_s = _shapes(student, [s], input_size)[s]
         shapes_t = _shapes(teacher, [t], input_size)[t]
         terms.append((d.fitnet_weight, FitNetLoss(s, t, shapes_s[1], shapes_t[1])))

@@ -10,7 +10,7 @@ from edgekd.config import METHODS, RunConfig, recipe_record
 from edgekd.experiment import report as rp
 from edgekd.experiment.runner import RunSpec, run_grid, subset_fraction
 
-# The IG paper's table plus InDistill (PAPERS.md); terms this build lacks are left out.
+# The IG paper's table plus InDistill (docs/methods.md); terms this build lacks are left out.
 PAPER_ABLATION = ("student", "kd", "ig", "at", "kd+ig", "kd+at", "ig+at", "kd+ig+at",
                   "indistill+kd", "indistill+kd+ig")
 PAPER_SWEEP = tuple(f"mbv2_cifar_trunc{k}" for k in (3, 5, 7, 9, 11, 13, 15, 17)) + tuple(

@@ -3,7 +3,7 @@ quantization-aware distillation (the `qat` stage, `edgekd quantize --qat-epochs`
 
 Built on torch's core fake-quantize operators (`torch.fake_quantize_per_tensor_affine`,
 `torch.fake_quantize_per_channel_affine`: straight-through gradients), not on a QAT
-framework (README: INT8 explains the choice). What is simulated is what the exported INT8
+framework (docs/int8.md explains the choice). What is simulated is what the exported INT8
 graph computes (calibration/ort_int8.py):
 
 - every Conv2d / Linear input, per tensor, with the range the PTQ calibration measures

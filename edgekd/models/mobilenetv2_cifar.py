@@ -12,7 +12,7 @@ import math
 from torch import nn
 from torchvision.models import mobilenet_v2
 
-# features[:-L] for the paper's table (PAPERS.md): L removed -> compression factor.
+# features[:-L] for the paper's table (docs/methods.md): L removed -> compression factor.
 TRUNCATIONS = (3, 5, 7, 9, 11, 13, 15, 17)
 WIDTHS = (0.75, 0.5, 0.35, 0.25)
 # The depth x width grid: blocks per stage ceil(n * depth), channels x width.

@@ -40,7 +40,7 @@ def load(path: str | Path, what: str = "checkpoint") -> Any:
                            for n in z.namelist())
     if exported:
         # torch.export.load reads a PT2 archive's weights and constants with
-        # torch.load(weights_only=False) and pickle.loads (torch 2.14; README: Checkpoints).
+        # torch.load(weights_only=False) and pickle.loads (torch 2.14; docs/data.md: Teachers).
         raise ModelError(
             f"{what} {p} is a torch.export program, refused: torch.export.load unpickles "
             "its weights and constants, so loading it could run code; save the model's "
@@ -52,7 +52,7 @@ def load(path: str | Path, what: str = "checkpoint") -> Any:
         unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
         if unsafe:
             # A pickled object other than tensors and plain containers: loading it would run
-            # its code, which edgekd never does for a file (README: Checkpoints).
+            # its code, which edgekd never does for a file (docs/data.md: Teachers).
             raise ModelError(
                 f"{what} {p} was refused: it holds a pickled {unsafe.group(1)} object, and loading "
                 "it could run code; save only tensors (torch.save(model.state_dict(), ...))"
