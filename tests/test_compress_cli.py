@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 
 from edgekd.cli import cli
@@ -61,8 +62,10 @@ def test_report_has_design_keys_and_real_numbers(digits_run):
     # metrics.jsonl has one line per epoch per stage
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["epoch"]) for r in lines] == [("teacher", 1), ("student", 1), ("student", 2)]
-    # config.yaml reproduces the run
-    assert "seed: 0" in (out / "config.yaml").read_text()
+    # config.yaml reproduces the run, and report.json carries the same settings
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["settings"]["seed"] == 0
+    assert report["settings"] == config["settings"]
 
 
 def test_student_onnx_runs_in_onnxruntime_and_matches_torch(digits_run):

@@ -92,6 +92,7 @@ def build_report(ctx: Context, wall_time_s: float) -> dict:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "method": ctx.cfg.method,
         "recipe": recipe_record(ctx.cfg),
+        "settings": ctx.cfg.to_dict(),  # every setting, as config.yaml holds it
         "dataset": {k: v for k, v in ctx.data_summary.items() if k != "classes"} | {
             "classes": ctx.data.classes},
         "seed": ctx.cfg.seed,
