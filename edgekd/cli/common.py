@@ -43,8 +43,16 @@ class RichReporter:
             self.bar = None
         self.console.print(f"[{style}]{name:>8} {status:<5}[/] {detail}", highlight=False)
 
+    @property
+    def live(self) -> bool:
+        """Bars only on a terminal: a file or pipe gets the finished lines alone (a live display
+        there leaves a blank line behind each time it stops)."""
+        return self.console.is_terminal
+
     def on_progress(self, stage, done, total, detail=""):
         """A bar for work that is not epochs (IG maps: images done of total)."""
+        if not self.live:
+            return
         if self.bar is None:
             self.bar = Progress(
                 TextColumn(f"{stage:>8}"), BarColumn(), MofNCompleteColumn(),
@@ -59,6 +67,8 @@ class RichReporter:
         if self.bar is not None:  # one live display at a time
             self.bar.stop()
             self.bar = None
+        if not self.live:
+            return
         self.progress = Progress(
             TextColumn(f"{stage:>8} epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=self.console,
@@ -68,11 +78,15 @@ class RichReporter:
         self.task = self.progress.add_task(stage, total=steps, stats="")
 
     def on_step(self, stage, step, loss, acc, ips):
+        if self.progress is None:
+            return
         self.progress.update(self.task, completed=step,
                              stats=f"loss {loss:.3f}  acc {acc:.1f} %  {ips:.0f} img/s")
 
     def on_epoch_end(self, stage, r):
-        self.progress.stop()
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
         # One line that fits 80 columns; a warm-up epoch that was not evaluated shows no accuracy.
         acc = "" if r["test_acc"] is None else (
             (f" val {r['val_acc']:.1f}" if r["val_acc"] == r["val_acc"] else "")
@@ -81,7 +95,6 @@ class RichReporter:
             f"{stage:>8} ep {r['epoch']:>3} loss {r['train_loss']:.3f} train {r['train_acc']:.1f}"
             f"{acc} {r['images_per_s']:.0f} img/s {r['epoch_time_s']:.1f} s", highlight=False,
         )
-
 
 
 def measure_options(f):
