@@ -27,9 +27,11 @@ def run(tiny_run, tmp_path):
 def _black_calibration(run, tmp_path):
     """One black image: every activation range collapses, so INT8 saturates on real images;
     labels = the FP32 model's own predictions, so any disagreement is a drop."""
+    from edgekd.pipeline.standalone import open_run
     from edgekd.runfiles import ensure_samples
 
-    x = np.load(ensure_samples(run)[0])  # real test images (written for a --no-bench run)
+    # real test images, written from the run's test split (a --no-bench run has none yet)
+    x = np.load(ensure_samples(run, open_data=lambda: open_run(run).data)[0])
     y = predict(str(run / "student.onnx"), x)
     calib = write_calibset(tmp_path / "black", x[:1] * 0, y[:1], [str(i) for i in range(10)], 0, "black")
     return calib, x, y
