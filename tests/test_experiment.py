@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -13,7 +14,6 @@ from edgekd.cli import cli
 from edgekd.experiment.retrieval import mean_average_precision
 from edgekd.experiment.stats import summarize, welch_p
 from edgekd.experiment.suites import PAPER_ABLATION
-from tests.conftest import TINY
 
 TINY_EXP = ["--teacher-arch", "mbv2_cifar_w0.25", "--student", "mbv2_cifar_trunc13",
             "--set", "data.input_size=16", "--teacher-epochs", "1", "--epochs", "1", "--subset", "150"]
@@ -38,10 +38,11 @@ def test_map_on_a_hand_computed_ranking():
 def test_ablation_end_to_end_and_resumable(tmp_path):
     """The default ablation (the papers' methods, IG and InDistill included) x 2 seeds."""
     out = tmp_path / "exp"
+    # 20 runs on 64 training images (one step of 64 an epoch): the table does not depend on it
     args = ["experiment", "ablation", "--seeds", "2", "--out", str(out), *TINY_EXP,
             "--teacher-arch", "mbv2_cifar_w0.5", "--student", "mbv2_cifar_w0.25",  # prunable pair
             "--set", "ig.steps=2", "--set", "distill.indistill_a=1", "--set", "distill.indistill_b=0",
-            "--set", "distill.indistill_max_layers=1", "--epochs", "2", "--json"]
+            "--set", "distill.indistill_max_layers=1", "--epochs", "2", "--subset", "64", "--json"]
     r = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output[r.output.index("{"):])
@@ -68,10 +69,14 @@ def test_ablation_end_to_end_and_resumable(tmp_path):
     assert (out / "runs" / "kd" / "s1" / "student.pt").stat().st_mtime_ns == mtime
 
 
-def test_shift_on_another_folder_with_a_class_mapping(tmp_path):
-    run = tmp_path / "run"
-    r = CliRunner().invoke(cli, ["compress", *TINY, "--no-bench", "--out", str(run)])
-    assert r.exit_code == 0, r.output
+@pytest.fixture
+def run(tiny_run, tmp_path):
+    """A finished TINY digits run (the session's, shared with the bench and deploy tests), copied:
+    reopening a run rewrites its data.json."""
+    return shutil.copytree(tiny_run, tmp_path / "run")
+
+
+def test_shift_on_another_folder_with_a_class_mapping(run, tmp_path):
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -94,9 +99,7 @@ def test_shift_on_another_folder_with_a_class_mapping(tmp_path):
     assert bad.exit_code == 2 and "not classes of the run" in bad.output
 
 
-def test_retrieval_map_of_a_run(tmp_path):
-    run = tmp_path / "run"
-    assert CliRunner().invoke(cli, ["compress", *TINY, "--no-bench", "--out", str(run)]).exit_code == 0
+def test_retrieval_map_of_a_run(run):
     r = CliRunner().invoke(cli, ["experiment", "retrieval", str(run), "--json"])
     assert r.exit_code == 0, r.output
     row = json.loads(r.output)[0]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from deploy.harness import MeasureSettings
 from edgekd.cli import cli
 from edgekd.config import build_config
 from edgekd.config.budget import Budget
@@ -35,6 +36,25 @@ def _one_line_error(r, *needles):
 
 def _results(device: Path) -> list[Path]:
     return sorted((device / "results").glob("*.json")) if (device / "results").is_dir() else []
+
+
+# Selection measures each model with edgekd.selection.measure.SELECT_SETTINGS: at least 0.2 s
+# of warm-up and 0.5 s of timed runs, however fast the model. These tests check the plumbing,
+# the ranking, the cache and the final check, not the figures: 2 warm-up runs and 5 timed ones
+# end each measurement (the time cap is far out of reach, so a loaded machine still measures
+# the 5 runs), as the bench and deploy tests pass with --min-iters.
+FAST_SELECT = MeasureSettings(warmup_s=0, warmup_iters=2, min_s=0, min_iters=5, max_s=600)
+
+
+@pytest.fixture(autouse=True)
+def _iteration_bounded_measurements(monkeypatch):
+    """Both names the selection and the compress budget stage read the settings through (no
+    `select` or `compress` option sets them)."""
+    import edgekd.selection.measure as measure
+    import edgekd.selection.select as select
+
+    monkeypatch.setattr(measure, "SELECT_SETTINGS", FAST_SELECT)
+    monkeypatch.setattr(select, "SELECT_SETTINGS", FAST_SELECT)
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +203,7 @@ BUDGET_RUN = [
     "compress", "--method", "kd", "--teacher-arch", TEACHER, "--input-size", "16",
     "--train-subset", "0.25", "--teacher-epochs", "1", "--epochs", "1",
     "--set", "budget.candidates=resnet8_cifar_w0.5,mbv2_cifar_trunc13",
-    "--set", "bench.min_s=0.05", "--set", "bench.warmup_s=0.02", "--set", "bench.min_iters=3",
+    "--set", "bench.min_s=0", "--set", "bench.warmup_s=0", "--set", "bench.min_iters=3",
     "--set", "bench.batch_sizes=1,8", "--budget-batch", "8",
 ]
 
