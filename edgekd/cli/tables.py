@@ -58,7 +58,7 @@ def summary_table(report: dict) -> Table:
     if lat:
         table.caption = f"latency: {lat.get('backend')} on {lat.get('cpu')}"
         if final:
-            table.caption += (f"; budget on {final['target']}, student chosen from "
+            table.caption += (f"\nbudget on {final['target']}, student chosen from "
                               f"{budget['selection']['candidates']} candidates (select/pareto.png)")
     return table
 
