@@ -49,18 +49,20 @@ class RichReporter:
         there leaves a blank line behind each time it stops)."""
         return self.console.is_terminal
 
+    def _bar(self, label: str, total: int):
+        """A started transient bar: label, bar, done/total, stats, elapsed; and its task."""
+        bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=self.console,
+                       transient=True)
+        bar.start()
+        return bar, bar.add_task(label, total=total, stats="")
+
     def on_progress(self, stage, done, total, detail=""):
         """A bar for work that is not epochs (IG maps: images done of total)."""
         if not self.live:
             return
         if self.bar is None:
-            self.bar = Progress(
-                TextColumn(f"{stage:>8}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=self.console,
-                transient=True,
-            )
-            self.bar.start()
-            self.bar_task = self.bar.add_task(stage, total=total, stats="")
+            self.bar, self.bar_task = self._bar(f"{stage:>8}", total)
         self.bar.update(self.bar_task, completed=done, total=total, stats=detail)
 
     def on_epoch_start(self, stage, epoch, epochs, steps):
@@ -69,13 +71,7 @@ class RichReporter:
             self.bar = None
         if not self.live:
             return
-        self.progress = Progress(
-            TextColumn(f"{stage:>8} epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=self.console,
-            transient=True,
-        )
-        self.progress.start()
-        self.task = self.progress.add_task(stage, total=steps, stats="")
+        self.progress, self.task = self._bar(f"{stage:>8} epoch {epoch}/{epochs}", steps)
 
     def on_step(self, stage, step, loss, acc, ips):
         if self.progress is None:
