@@ -75,8 +75,6 @@ def default_config(dataset: str = "digits") -> RunConfig:
     return cfg
 
 
-
-
 def _budget_flag(b: Budget) -> str:
     return f"--latency-budget {b.latency_ms:g}" if b.latency_ms is not None else f"--speedup {b.speedup:g}"
 
@@ -128,8 +126,7 @@ def validate(cfg: RunConfig) -> None:
     """Every field against its declaration, then the rules across fields: the first problem
     is one EdgeKDError that names the fix."""
     check(cfg)
-    if cfg.budget.latency_ms is not None and cfg.budget.speedup is not None:
-        cfg.budget.validate()
+    cfg.budget.check_one_kind()
     resolve_opset(cfg.export.target, cfg.export.opset)
     for rule in RULES:
         if rule.broken(cfg):

@@ -61,10 +61,14 @@ class Budget:
     def active(self) -> bool:
         return self.latency_ms is not None or self.speedup is not None
 
-    def validate(self) -> Budget:
-        """The declared checks, and one budget at a time; returns self."""
+    def check_one_kind(self) -> None:
+        """A limit in ms or a speed-up, not both."""
         if self.latency_ms is not None and self.speedup is not None:
             raise SelectError("--latency-budget and --speedup both set a budget: pass one of them")
+
+    def validate(self) -> Budget:
+        """The declared checks, and one budget at a time; returns self."""
+        self.check_one_kind()
         check(self)
         return self
 
