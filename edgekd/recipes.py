@@ -6,7 +6,8 @@
   Adam lr 1e-3, no schedule, no weight decay, batch 64, 100 epochs, KD alpha 0.01 at T 2.5, AT
   gamma 0.8, FP32, every training image (no validation hold-out; the last epoch is reported),
   the teacher normalised with the CIFAR-10 statistics and the student fed raw pixels as in
-  their code, 50 Gauss-Legendre IG steps; the InDistill auxiliary teacher made as in the
+  their code, 50 Gauss-Legendre IG steps, the InDistill warm-up 3 + 4 + 5 epochs whatever the
+  budget; the InDistill auxiliary teacher made as in the
   InDistill code (cross-entropy baseline, then PKT) and teaching both stages.
 
 A recipe sets only the keys below; anything set on top of it (`--epochs`, `--set`, a config
@@ -29,6 +30,7 @@ PAPER: dict[str, object] = {
     "distill.at_weight": 0.8,
     "distill.indistill_a": 2,
     "distill.indistill_b": 1,
+    "distill.indistill_share": None,
     "distill.aux_method": "pkt",
     "distill.aux_teaches": "both",
     "distill.teacher_input": "clean",

@@ -61,8 +61,10 @@ def test_curriculum_gives_three_layers_3_4_5_epochs_at_the_defaults():
 # ---- fair epoch budget -------------------------------------------------------------------
 def test_the_warmup_comes_out_of_the_students_epochs():
     cfg = build_config(overrides={"method": "indistill+kd", "student.train.epochs": 20,
-                                  "student.arch": "mbv2_cifar_trunc5"})
-    assert epoch_plan(cfg, 10, 16) == {"warmup": 12, "distill": 8, "total": 20}
+                                  "student.arch": "mbv2_cifar_trunc5", "recipe": "paper"})
+    plan = epoch_plan(cfg, 10, 16)
+    assert (plan["warmup"], plan["distill"], plan["total"]) == (12, 8, 20)
+    assert plan["warmup_per_layer"] == [3, 4, 5] and plan["warmup_rule"] == "2 + 1*l epochs per layer"
     cfg.method = "kd"
     assert epoch_plan(cfg, 10, 16) == {"warmup": 0, "distill": 20, "total": 20}
     cfg.method = "indistill+kd"
@@ -71,11 +73,26 @@ def test_the_warmup_comes_out_of_the_students_epochs():
         epoch_plan(cfg, 10, 16)
 
 
+def test_the_warmup_is_a_share_of_the_budget_by_default():
+    cfg = build_config(overrides={"method": "indistill+kd", "student.arch": "mbv2_cifar_trunc5"})
+    for total, layers in ((15, [1, 1, 1]), (30, [1, 2, 3]), (60, [3, 4, 5]), (100, [5, 7, 8])):
+        cfg.student.train.epochs = total
+        plan = epoch_plan(cfg, 10, 16)
+        assert plan["warmup_per_layer"] == layers, total
+        assert (plan["warmup"], plan["distill"]) == (sum(layers), total - sum(layers))
+        assert plan["warmup_rule"] == f"share 0.2 of {total} epochs"
+    # the papers' 12 of 60 at share 0.2: both forms agree there
+    assert curriculum(3, 2, 1, share=0.2, total=60) == curriculum(3, 2, 1)
+    cfg.student.train.epochs = 3  # one epoch per layer at least leaves nothing
+    with pytest.raises(EdgeKDError, match="takes 3 of the student's 3 epochs .*--epochs 4 or more$"):
+        epoch_plan(cfg, 10, 16)
+
+
 def test_a_warmup_longer_than_the_budget_is_refused_before_anything_is_written(tmp_path):
     out = tmp_path / "run"
     r = CliRunner().invoke(cli, ["compress", *TINY, "--method", "indistill+kd", "--student",
                                  "mbv2_cifar_w0.25", "--teacher-arch", "mbv2_cifar_w0.5",
-                                 "--epochs", "3", "--out", str(out)])
+                                 "--epochs", "3", "--warmup-share", "none", "--out", str(out)])
     assert r.exit_code == 2
     assert "InDistill warm-up takes 12 of the student's 3 epochs (3 + 4 + 5)" in r.output
     assert not out.exists()
@@ -194,7 +211,8 @@ def test_an_ablation_whose_budget_cannot_hold_the_warmup_fails_before_training(t
     r = CliRunner().invoke(cli, ["experiment", "ablation", "--methods", "kd,indistill+kd",
                                  "--seeds", "1", "--epochs", "3", "--teacher-arch", "mbv2_cifar_w0.5",
                                  "--student", "mbv2_cifar_w0.25", "--out", str(out)])
-    assert r.exit_code == 2 and "--epochs 13" in r.output
+    assert r.exit_code == 2 and "takes 3 of the student's 3 epochs" in r.output
+    assert "--epochs 4" in r.output
     assert not (out / "teacher").exists()  # nothing trained, not even the shared teacher
 
 

@@ -73,7 +73,9 @@ class OptionGroup:
             # --no-x turns a default-on setting off; --x turns a default-off one on.
             return click.option(flag, dest(flag), is_flag=True, default=None, help=help_text)
         allowed = s.allowed()
-        kind = click.Choice(allowed) if allowed is not None else _TYPES.get(_base_type(first.type), str)
+        # A setting with its own parser takes the text as typed (e.g. 'none' for a number).
+        kind = click.Choice(allowed) if allowed is not None else \
+            str if s.parse is not None else _TYPES.get(_base_type(first.type), str)
         return click.option(flag, dest(flag), type=kind, default=None, metavar=s.metavar, help=help_text)
 
     def __call__(self, f: Callable) -> Callable:

@@ -169,6 +169,10 @@ class KDConfig:
     temperature: float = setting(4.0, flag="--kd-temperature", gt=0)
 
 
+def _share(value):
+    return None if value is None or str(value).lower() in ("none", "null", "off") else float(value)
+
+
 @dataclass
 class DistillConfig:
     """Weights and layers of the feature terms, and the InDistill warm-up (docs/methods.md)."""
@@ -180,6 +184,11 @@ class DistillConfig:
     fitnet_layer: str | None = None
     indistill_a: int = setting(2, ge=0)  # layer l warms up for a + b*l epochs (the InDistill code's 2, 1)
     indistill_b: int = setting(1, ge=0)
+    # The warm-up's share of the student's epochs, split between the layers as a + b*l (the
+    # papers' 12 of 60 is 0.2); None: a + b*l epochs per layer whatever the budget (--recipe paper).
+    indistill_share: float | None = setting(0.2, flag="--warmup-share", gt=0, lt=1, parse=_share,
+                                            help="InDistill warm-up as a share of --epochs "
+                                                 "(none: a + b*l epochs per layer).")
     indistill_layers: list[str] = field(default_factory=list)  # STUDENT_PATH[:TEACHER_PATH]
     indistill_max_layers: int = setting(3, ge=1)
     indistill_lr: float = setting(1e-3, gt=0)

@@ -159,23 +159,51 @@ def build_mapping(student: nn.Module, teacher: nn.Module, pairs: list[tuple[str,
     return out
 
 
-def curriculum(n_layers: int, a: int = 2, b: int = 1) -> list[tuple[int, int]]:
-    """(first_epoch, last_epoch) of each layer, 1-based: layer l (counted from 1, shallow to
-    deep) trains for S_l = a + b*l epochs, as the public code's switch points a+1, a+1+a+2, ...
-    (docs/methods.md): a = 2, b = 1 gives three layers 3, 4 and 5 epochs."""
-    spans, start = [], 1
+def layer_epochs(n_layers: int, a: int = 2, b: int = 1, share: float | None = None,
+                 total: int | None = None) -> list[int]:
+    """Epochs of each mapped layer (shallow to deep). Absolute (`share` None): layer l (from 1)
+    trains S_l = a + b*l epochs, as the public code (docs/methods.md): 3, 4 and 5 at a = 2,
+    b = 1. As a share of the student's `total` epochs: round(share * total) epochs (at least
+    one per layer) split in the proportions of S_l, largest remainders first, ties to the
+    deeper layer; the papers' 12 of 60 is share 0.2, and at 60 epochs both forms agree."""
+    weights = []
     for layer in range(1, n_layers + 1):
         length = a + b * layer
         if length < 1:
             raise MappingError(f"InDistill layer {layer} gets {length} epochs: choose a, b so a + b*l >= 1")
+        weights.append(length)
+    if share is None or not n_layers:
+        return weights
+    if total is None:
+        raise ValueError("a warm-up share needs the student's total epochs")
+    budget = max(n_layers, round(share * total))
+    exact = [budget * w / sum(weights) for w in weights]
+    lengths = [max(1, int(e)) for e in exact]
+    # hand out what rounding down left, largest remainder first (ties: the deeper layer)
+    order = sorted(range(n_layers), key=lambda i: (exact[i] - int(exact[i]), i), reverse=True)
+    for i in order[: max(0, budget - sum(lengths))]:
+        lengths[i] += 1
+    while sum(lengths) > budget:  # the one-epoch floors overshot: trim the longest, shallow first
+        i = max(range(n_layers), key=lambda j: (lengths[j], -j))
+        lengths[i] -= 1
+    return lengths
+
+
+def curriculum(n_layers: int, a: int = 2, b: int = 1, share: float | None = None,
+               total: int | None = None) -> list[tuple[int, int]]:
+    """(first_epoch, last_epoch) of each layer, 1-based, from `layer_epochs`: at a = 2, b = 1
+    (absolute) the public code's switch points a+1, a+1+a+2, ... (docs/methods.md)."""
+    spans, start = [], 1
+    for length in layer_epochs(n_layers, a, b, share, total):
         spans.append((start, start + length - 1))
         start += length
     return spans
 
 
-def warmup_epochs(n_layers: int, a: int = 2, b: int = 1) -> int:
-    """Epochs of the whole warm-up: the sum of S_l over the mapped layers."""
-    return curriculum(n_layers, a, b)[-1][1] if n_layers else 0
+def warmup_epochs(n_layers: int, a: int = 2, b: int = 1, share: float | None = None,
+                  total: int | None = None) -> int:
+    """Epochs of the whole warm-up: the sum of the layers' epochs."""
+    return sum(layer_epochs(n_layers, a, b, share, total))
 
 
 class InDistillObjective:
@@ -186,12 +214,13 @@ class InDistillObjective:
 
     uses_all_parameters = False  # layers after the active one get no gradient
 
-    def __init__(self, teacher: nn.Module, mapping: list[LayerPair], a: int = 2, b: int = 1):
+    def __init__(self, teacher: nn.Module, mapping: list[LayerPair], a: int = 2, b: int = 1,
+                 share: float | None = None, total: int | None = None):
         self.teacher = teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.mapping = mapping
-        self.spans = curriculum(len(mapping), a, b)
+        self.spans = curriculum(len(mapping), a, b, share, total)
         self.epochs = self.spans[-1][1]
         self.kept = []
         for pair in mapping:

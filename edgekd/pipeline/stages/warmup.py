@@ -9,7 +9,7 @@ import dataclasses
 import torch
 
 from edgekd.config import RunConfig
-from edgekd.distill.indistill import InDistillObjective, auto_mapping, build_mapping, warmup_epochs
+from edgekd.distill.indistill import InDistillObjective, auto_mapping, build_mapping, layer_epochs
 from edgekd.distill.methods import parse_pair
 from edgekd.errors import EdgeKDError
 from edgekd.models.registry import create_model
@@ -37,23 +37,31 @@ def warmup_pairs(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Mod
 def epoch_plan(cfg: RunConfig, num_classes: int, input_size: int) -> dict:
     """How the student's epochs (`student.train.epochs`) split: the InDistill warm-up's come
     out of the same budget, so every method of an ablation trains the same number of epochs
-    (the InDistill code counts its warm-up inside its 60). Refused when nothing is left."""
+    (the InDistill code counts its warm-up inside its 60). By default the warm-up is a share
+    of them (`distill.indistill_share`); refused when nothing is left for distillation."""
     total = cfg.student.train.epochs
-    warm = 0
+    plan: dict = {"warmup": 0, "distill": total, "total": total}
     if "indistill" in cfg.methods:
         d = cfg.distill
         # Random weights suffice: the mapping depends on the architectures only.
         teacher = create_model(d.aux_teacher or cfg.teacher.arch, num_classes)
         n = len(warmup_pairs(cfg, create_model(cfg.student.arch, num_classes), teacher, input_size))
-        warm = warmup_epochs(n, d.indistill_a, d.indistill_b)
+        layers = layer_epochs(n, d.indistill_a, d.indistill_b, d.indistill_share, total)
+        warm = sum(layers)
         if total - warm < 1:
-            spans = " + ".join(str(d.indistill_a + d.indistill_b * (i + 1)) for i in range(n))
+            spans = " + ".join(map(str, layers))
+            fix = (f"pass --epochs {warm + 1} or more" if d.indistill_share is not None else
+                   f"pass --epochs {warm + 1} or more, make the warm-up a share of the budget "
+                   "(--warmup-share 0.2), or shorten the curriculum (--set distill.indistill_a=1 "
+                   "--set distill.indistill_b=0)")
             raise EdgeKDError(
                 f"the InDistill warm-up takes {warm} of the student's {total} epochs ({spans}) "
-                f"and leaves none for distillation: pass --epochs {warm + 1} or more, or shorten "
-                "the curriculum (--set distill.indistill_a=1 --set distill.indistill_b=0)"
-            )
-    return {"warmup": warm, "distill": total - warm, "total": total}
+                f"and leaves none for distillation: {fix}")
+        rule = (f"share {d.indistill_share:g} of {total} epochs" if d.indistill_share is not None
+                else f"{d.indistill_a} + {d.indistill_b}*l epochs per layer")
+        plan = {"warmup": warm, "distill": total - warm, "total": total,
+                "warmup_per_layer": layers, "warmup_rule": rule}
+    return plan
 
 
 def plan_epochs(ctx: Context) -> dict:
@@ -93,7 +101,8 @@ class WarmupStage(Stage):
         teacher = frozen_teacher(ctx, self._source(ctx).removesuffix(".pt"))
         pairs = warmup_pairs(cfg, model, teacher, ctx.data.input_size)
         mapping = build_mapping(model.to(ctx.device), teacher, pairs, ctx.data.input_size)
-        objective = InDistillObjective(teacher, mapping, d.indistill_a, d.indistill_b)
+        objective = InDistillObjective(teacher, mapping, d.indistill_a, d.indistill_b,
+                                       d.indistill_share, scfg.train.epochs)
         ctx.reporter.stage("warmup", "start", "InDistill over " + ", ".join(
             f"{p.student} ({p.teacher_channels}->{p.student_channels} ch)" for p in mapping)
             + f", {objective.epochs} epochs")
