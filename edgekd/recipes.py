@@ -18,7 +18,7 @@ Pure data: `edgekd.config` applies it.
 from __future__ import annotations
 
 _PAPER_TRAIN = {"optimizer": "adam", "lr": 1e-3, "schedule": "constant", "weight_decay": 0.0,
-                "batch_size": 64, "epochs": 100, "label_smoothing": 0.0, "amp": False,
+                "batch_size": 64, "epochs": 100, "label_smoothing": 0.0, "amp": "off",
                 "bn_recalibration": 0}
 
 PAPER: dict[str, object] = {

@@ -13,6 +13,7 @@ from edgekd.data.augment import AugmentSettings
 from edgekd.errors import RunDirError
 from edgekd.models import create_model
 from edgekd.train import engine
+from edgekd.train.precision import cpu_native_bf16
 from edgekd.train.schedule import lr_at
 
 
@@ -32,29 +33,34 @@ def small(data):
                                test=data.test.subset(range(0, len(data.test), 4)))
 
 
-class _InterruptAt:
-    """A progress callback that interrupts training at (epoch, step), like a Ctrl-C."""
+FIXED_AMP = "bf16" if cpu_native_bf16() else "off"
+
+
+class _InterruptAt(engine.CrossEntropy):
+    """Cross-entropy that interrupts training at (epoch, step), like a Ctrl-C mid-epoch."""
 
     def __init__(self, epoch, step):
-        self.target, self.epoch = (epoch, step), 0
+        super().__init__(0.1)
+        self.target, self.epoch, self.step = (epoch, step), 0, 0
 
-    def on_epoch_start(self, stage, epoch, epochs, steps):
-        self.epoch = epoch
+    def set_epoch(self, epoch):
+        self.epoch, self.step = epoch, 0
 
-    def on_step(self, stage, step, loss, acc, ips):
-        if (self.epoch, step) == self.target:
+    def __call__(self, model, x, y, idx):
+        self.step += 1
+        if (self.epoch, self.step) == self.target:
             raise KeyboardInterrupt
+        return super().__call__(model, x, y, idx)
 
-    def on_epoch_end(self, stage, record): ...
 
-
-def _run(data, tmp, callback=None, resume=False, key="k", cfg=None):
+def _run(data, tmp, callback=None, resume=False, key="k", cfg=None, objective=None):
     torch.manual_seed(0)
     model = create_model("mbv2_cifar_w0.25", 10, data.mean, data.std)
-    cfg = cfg or TrainConfig(epochs=3, batch_size=32, lr=3e-3, schedule="onecycle")
+    # A fixed precision: `auto` measures which is faster, and two fresh runs may differ.
+    cfg = cfg or TrainConfig(epochs=3, batch_size=32, lr=3e-3, schedule="onecycle", amp=FIXED_AMP)
     result = engine.train(
         model, data.train, data.val, data.test, cfg, stage="student", seed=1,
-        device=torch.device("cpu"), objective=engine.CrossEntropy(0.1),
+        device=torch.device("cpu"), objective=objective or engine.CrossEntropy(0.1),
         transform=engine.StandardAugment(AugmentSettings(2, False)),
         state_path=tmp / "state.pt", metrics_path=tmp / "metrics.jsonl", settings_key=key,
         resume=resume, callback=callback,
@@ -67,7 +73,7 @@ def interrupted(small, tmp_path_factory):
     """A training interrupted in epoch 2, at step 3, as a Ctrl-C would; copy it to resume it."""
     cut_dir = tmp_path_factory.mktemp("cut")
     with pytest.raises(KeyboardInterrupt):
-        _run(small, cut_dir, callback=_InterruptAt(epoch=2, step=3))
+        _run(small, cut_dir, objective=_InterruptAt(epoch=2, step=3))
     return cut_dir
 
 

@@ -153,7 +153,8 @@ def test_paper_recipe_sets_the_papers_setup_and_round_trips():
     cfg = build_config(dataset="cifar10", recipe="paper")
     s = cfg.student.train
     assert (s.optimizer, s.lr, s.schedule, s.weight_decay, s.batch_size, s.epochs, s.amp) == \
-        ("adam", 1e-3, "constant", 0.0, 64, 100, False)
+        ("adam", 1e-3, "constant", 0.0, 64, 100, "off")
+    assert cfg.distill.indistill_share is None  # the absolute 3 + 4 + 5 warm-up epochs
     assert (cfg.kd.alpha, cfg.kd.temperature, cfg.distill.at_weight) == (0.01, 2.5, 0.8)
     assert cfg.data.val_fraction == 0.0 and cfg.data.train_subset is None
     assert (cfg.teacher.norm, cfg.student.norm) == ("cifar10", "none")

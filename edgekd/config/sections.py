@@ -109,6 +109,16 @@ class DataConfig:
                                     help="Leave unreadable images out (listed in data.json).")
 
 
+AMP_MODES = ("auto", "bf16", "off")
+
+
+def parse_amp(value) -> str:
+    """A config value as an amp mode: booleans (older configs) mean auto / off."""
+    text = str(value).strip().lower()
+    return {"true": "auto", "yes": "auto", "on": "auto", "1": "auto",
+            "false": "off", "no": "off", "0": "off"}.get(text, text)
+
+
 @dataclass
 class TrainConfig:
     epochs: int = setting(10, ge=1)
@@ -119,7 +129,9 @@ class TrainConfig:
     momentum: float = setting(0.9, ge=0, lt=1)
     schedule: str = setting("cosine", choices=SCHEDULES)
     label_smoothing: float = setting(0.0, ge=0, lt=1)
-    amp: bool = True  # CUDA only: bf16/fp16 autocast; ignored on CPU
+    # auto: bf16 where the device computes it natively (CUDA; CPUs with AVX512-BF16, AMX or Arm
+    # BF16), else FP32 | bf16: refused where missing | off (edgekd.train.precision)
+    amp: str = setting("auto", choices=AMP_MODES, parse=parse_amp)
     channels_last: bool = True  # faster on CPU (oneDNN) as well as on CUDA
     bn_recalibration: int = setting(512, ge=0)  # training images for exact BN statistics each epoch (0: off)
 
