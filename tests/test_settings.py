@@ -107,6 +107,8 @@ def test_print_config_is_the_yaml_a_run_writes_and_reads_back(tmp_path):
     (["budget.candidates=resnet8_cifar,nope"], "unknown candidate 'nope'"),
     (["device=tpu"], "device 'tpu': use auto, cpu, cuda or cuda:N"),
     (["distill.indistill_a=0", "distill.indistill_b=0"], "a + b >= 1"),
+    (["distill.indistill_share=1.5"], "--warmup-share must be in (0, 1), got 1.5"),
+    (["student.train.amp=fp8"], "student.train.amp 'fp8': use one of auto, bf16, off"),
 ])
 def test_each_declared_check_refuses_with_the_setting_named(sets, message):
     with pytest.raises(EdgeKDError, match=re.escape(message)):
@@ -126,7 +128,10 @@ RULE_CASES = {
     8: dict(sets=["distill.indistill_a=0", "distill.indistill_b=0"]),
     9: dict(overrides={"student.arch": "resnet8_cifar", "method": "kd+at", "student.input_size": 8}),
     10: dict(overrides={"student.input_size": 8, "method": "kd"}),
-    11: dict(overrides={"teacher.finetune_epochs": 2}),
+    11: dict(overrides={"student.arch": "resnet8_cifar", "method": "kd+at",
+                        "distill.soft_labels": "cached"}),
+    12: dict(overrides={"method": "student", "distill.soft_labels": "cached"}),
+    13: dict(overrides={"teacher.finetune_epochs": 2}),
 }
 
 

@@ -6,8 +6,11 @@ on the image as a fourth channel before the random crop (padded or resized) and 
 moves with the pixels
 the student sees, and is split off afterwards. Then per sample: map ** s with s log-uniform
 in [1, 2], min-max to [0, 1], copied to 3 channels, and with probability p
-x := (1 - blend) * x + blend * map. Random numbers come from the engine's per-epoch
-generator, so an interrupted run resumes bit for bit. Nothing is overlaid at test time.
+x := (1 - blend) * x + blend * map. The crop and flip draw from the engine's per-epoch
+generator exactly as the plain augmentation does, so a run with overlays sees the same
+geometry as one without (a teacher's soft labels recorded on the clean views serve both,
+edgekd.distill.soft_labels); the overlay's own draws come from a second generator seeded by
+the epoch's. An interrupted run resumes bit for bit. Nothing is overlaid at test time.
 
 With `clean_for_teacher` the transform returns `(overlaid, clean)`: the same crop and flip
 without the overlay, for a teacher whose KD/AT targets should come from the clean image (the
@@ -49,6 +52,16 @@ class IGOverlay:
         self.settings = settings
         self.p, self.blend = p, blend
         self.clean_for_teacher = clean_for_teacher
+        self._epoch_seed: int | None = None
+        self._draws = torch.Generator()
+
+    def _overlay_generator(self, g: torch.Generator) -> torch.Generator:
+        """The overlay's generator: restarted whenever the engine's epoch generator is new."""
+        seed = g.initial_seed()
+        if seed != self._epoch_seed:
+            self._epoch_seed = seed
+            self._draws.manual_seed((seed * 0x9E3779B1 + 0x632BE5AB) % 2**63)
+        return self._draws
 
     def __call__(self, x: torch.Tensor, idx: torch.Tensor, g: torch.Generator):
         if isinstance(self.maps, torch.Tensor) and self.maps.device != x.device:
@@ -57,5 +70,5 @@ class IGOverlay:
         both = torch.cat([x.float().div_(255.0), m[:, None]], dim=1)
         both = augment(both, self.settings, g)
         clean = both[:, :3]
-        mixed = overlay(clean, both[:, 3], self.p, self.blend, g)
+        mixed = overlay(clean, both[:, 3], self.p, self.blend, self._overlay_generator(g))
         return (mixed, clean.contiguous()) if self.clean_for_teacher else mixed

@@ -88,6 +88,8 @@ class Rule:
 
 
 _SPATIAL = frozenset({"at", "fitnet", "indistill"})
+_FEATURE_TERMS = frozenset({"at", "fitnet", "pkt"})
+_TEACHER_TERMS = frozenset({"kd"}) | _FEATURE_TERMS
 RULES = (
     Rule(lambda c: c.student.arch is not None and c.budget.active,
          lambda c: f"--student {c.student.arch} and {_budget_flag(c.budget)} both choose the student: "
@@ -116,6 +118,12 @@ RULES = (
     Rule(lambda c: c.student.input_size is not None and c.budget.active,
          lambda c: "--student-input-size with a latency budget is not supported yet: name the student "
                    "(--student)"),
+    Rule(lambda c: c.distill.soft_labels == "cached" and bool(_FEATURE_TERMS & set(c.methods)),
+         lambda c: f"--soft-labels cached records the teacher's logits only; "
+                   f"{', '.join(sorted(_FEATURE_TERMS & set(c.methods)))} compare feature maps: "
+                   "use --soft-labels live (or auto)"),
+    Rule(lambda c: c.distill.soft_labels == "cached" and not any(m in _TEACHER_TERMS for m in c.methods),
+         lambda c: f"--soft-labels cached: method {c.method} uses no teacher: drop --soft-labels"),
     Rule(lambda c: c.teacher.finetune_epochs > 0 and not c.teacher.checkpoint,
          lambda c: "--teacher-finetune-epochs fine-tunes a given teacher: pass --teacher FILE or "
                    "pretrained weights (e.g. torchvision:resnet18.IMAGENET1K_V1)"),

@@ -214,6 +214,15 @@ class DistillConfig:
     # The image the teacher's KD/AT targets come from with `ig`: overlaid (the student's own
     # input) | clean (the same crop/flip, no overlay).
     teacher_input: str = setting("overlaid", choices=("overlaid", "clean"))
+    # The teacher's logits per augmented view, recorded once and read back (FKD;
+    # edgekd.distill.soft_labels): auto = cached where every teacher term is on logits (kd),
+    # live otherwise | cached (refused for at, fitnet, pkt) | live (a teacher forward per step)
+    soft_labels: str = setting("auto", flag="--soft-labels", choices=("auto", "cached", "live"),
+                               help="Teacher logits recorded once per augmented view (cached) or "
+                                    "computed every step (live); auto: cached for kd.")
+    soft_label_topk: int = setting(10, ge=1)  # logits kept per view (all of them up to 10 classes)
+    # None: RUN/soft_labels/; experiments share one folder (one teacher, many runs)
+    soft_label_dir: str | None = None
 
 
 @dataclass

@@ -129,12 +129,21 @@ class DistillObjective:
     The teacher sees the batch the student sees (same augmentation), in eval mode, unless the
     transform hands it a view of its own (`teacher_x`: the clean image under an IG overlay).
     Features the terms declare are tapped from both models by module path.
+
+    `recorded`: the teacher's logits looked up by training index instead of a forward pass
+    (edgekd.distill.soft_labels.CachedTeacher, which the engine moves from epoch to epoch);
+    only terms on logits can use them.
     """
 
-    def __init__(self, teacher: nn.Module, terms: list[tuple[float, LossTerm]],
-                 task_weight: float = 1.0, label_smoothing: float = 0.0):
-        self.teacher = teacher.eval()
-        for p in self.teacher.parameters():
+    def __init__(self, teacher: nn.Module | None, terms: list[tuple[float, LossTerm]],
+                 task_weight: float = 1.0, label_smoothing: float = 0.0, recorded=None):
+        self.recorded = recorded
+        if recorded is not None:
+            needs = [t.name for _, t in terms if t.teacher_paths]
+            if needs:
+                raise ValueError(f"recorded soft labels hold logits only; {', '.join(needs)} need the teacher")
+        self.teacher = teacher.eval() if teacher is not None else None
+        for p in self.teacher.parameters() if teacher is not None else ():
             p.requires_grad_(False)
         self.terms = terms
         self.task_weight = task_weight
@@ -150,11 +159,19 @@ class DistillObjective:
             logits = model(x)
         loss = self.task_weight * F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         if self.terms:
-            self.teacher.eval()  # the engine may have put everything in train mode
-            with torch.no_grad(), FeatureTap(self.teacher, self._t_paths) as t_tap:
-                t_logits = self.teacher(x if teacher_x is None else teacher_x)
+            if self.recorded is not None:
+                t_out = Outputs(self.recorded(idx))
+            else:
+                self.teacher.eval()  # the engine may have put everything in train mode
+                with torch.no_grad(), FeatureTap(self.teacher, self._t_paths) as t_tap:
+                    t_logits = self.teacher(x if teacher_x is None else teacher_x)
+                t_out = Outputs(t_logits, dict(t_tap.features))
             s_out = Outputs(logits, dict(s_tap.features))
-            t_out = Outputs(t_logits, dict(t_tap.features))
             for weight, term in self.terms:
                 loss = loss + weight * term(s_out, t_out, y)
         return loss, logits
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.recorded is not None:
+            self.recorded.set_epoch(epoch)
+

@@ -14,6 +14,7 @@ from edgekd.distill.losses import ATLoss, FitNetLoss, KDLoss, LossTerm, PKTLoss
 from edgekd.errors import EdgeKDError
 
 LOSS_TERMS = ("kd", "at", "pkt", "fitnet")
+FEATURE_TERMS = ("at", "pkt", "fitnet")  # compare feature maps: need the live teacher
 
 
 def parse_pair(text: str, what: str) -> tuple[str, str]:

@@ -5,6 +5,8 @@ Layout under the experiment directory:
     teacher/                 the shared teacher (trained once, or the given checkpoint)
     ig/<id>/                 IG maps shared by the runs whose method has `ig` (one per
                              teacher, training set and IG settings)
+    soft_labels/<key>/       the teacher's recorded logits per augmented view, shared by the
+                             runs of one seed (edgekd.distill.soft_labels)
     runs/<label>/s<seed>/    one ordinary run directory per (variant, seed)
     results.json, results.md, *.png   written by edgekd.experiment.report
 
@@ -98,6 +100,9 @@ def run_grid(base: RunConfig, specs: list[RunSpec], out: Path, *, jobs: int = 1,
         if "ig" in cfg.methods and not cfg.ig.cache_dir:
             # One teacher, one data set: the runs share the maps (computed once, locked).
             cfg.ig.cache_dir = str((out / "ig").resolve())
+        if not cfg.distill.soft_label_dir:
+            # The teacher's soft labels too: the methods of one seed see the same views.
+            cfg.distill.soft_label_dir = str((out / "soft_labels").resolve())
         validate(cfg)
         todo.append((spec, cfg, out / "runs" / spec.label.replace("+", "_") / f"s{spec.seed}"))
 

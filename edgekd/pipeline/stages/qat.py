@@ -108,7 +108,7 @@ class QATStage(Stage):
                                          label_smoothing=cfg.student.train.label_smoothing)
             transform = None  # the standard augmentation: the overlays belong to the teacher's loss
         else:
-            objective, transform = student_objective(ctx, model)
+            objective, transform = student_objective(ctx, model, train_cfg=train_cfg)
         result = train_stage(ctx, "qat", model, train_cfg, FrozenBatchNormObjective(objective), key,
                              transform)
         fake.remove()
