@@ -117,3 +117,16 @@ def test_schedules():
     assert lr_at("cosine", 0.1, 100, 100) == pytest.approx(0.0)
     peak = max(range(100), key=lambda s: lr_at("onecycle", 0.1, s, 100))
     assert peak == 30 and lr_at("onecycle", 0.1, 0, 100) == pytest.approx(0.1 / 25)
+
+
+def test_batchnorm_statistics_come_from_every_class_of_a_class_ordered_split():
+    """An image folder is stored class by class: the first images are all one class."""
+    images = torch.arange(10, dtype=torch.uint8).repeat_interleave(100)[:, None, None, None]
+    images = images.expand(1000, 3, 4, 4).mul(20)
+    sample = engine.bn_sample(images, 64)
+    classes = sample[:, 0, 0, 0].div(20).long()
+    assert len(sample) == 64 and len(classes.unique()) == 10
+    # shuffled, not in file order: per-batch variances average to the split's only then
+    assert not torch.equal(classes, classes.sort().values)
+    assert torch.equal(engine.bn_sample(images, 64), sample)  # the same draw every epoch
+    assert len(engine.bn_sample(images, 5000)) == 1000
