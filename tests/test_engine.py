@@ -119,6 +119,38 @@ def test_schedules():
     assert peak == 30 and lr_at("onecycle", 0.1, 0, 100) == pytest.approx(0.1 / 25)
 
 
+class _Notes:
+    def __init__(self):
+        self.notes = []
+
+    def stage(self, name, status, detail=""):
+        self.notes.append(detail)
+
+    def on_epoch_start(self, stage, epoch, epochs, steps): ...
+    def on_step(self, stage, step, loss, acc, ips): ...
+    def on_epoch_end(self, stage, record): ...
+
+
+@pytest.mark.parametrize("where", ["at the first step", "unavailable"])
+def test_torch_compile_that_fails_falls_back_to_eager_and_says_so_once(small, tmp_path, monkeypatch, where):
+    class Broken(torch.nn.Module):
+        def forward(self, *args, **kwargs):
+            raise RuntimeError("inductor: no C++ compiler")
+
+    def compile_(model):
+        if where == "unavailable":
+            raise RuntimeError("not on this platform")
+        return Broken()
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    rec = _Notes()
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=3e-3, compile=True, amp="off")
+    _, result = _run(small, tmp_path, callback=rec, cfg=cfg)
+    assert len(result.history) == 2 and result.last["train_loss"] < 5
+    said = [n for n in rec.notes if "torch.compile" in n]
+    assert len(said) == 1 and said[0].endswith("training eagerly")
+
+
 def test_batchnorm_statistics_come_from_every_class_of_a_class_ordered_split():
     """An image folder is stored class by class: the first images are all one class."""
     images = torch.arange(10, dtype=torch.uint8).repeat_interleave(100)[:, None, None, None]

@@ -133,6 +133,9 @@ class TrainConfig:
     # BF16), else FP32 | bf16: refused where missing | off (edgekd.train.precision)
     amp: str = setting("auto", choices=AMP_MODES, parse=parse_amp)
     channels_last: bool = True  # faster on CPU (oneDNN) as well as on CUDA
+    # torch.compile (inductor) of the training forward, eager where it fails; off: slower than
+    # eager on a 2-core CPU after a minute or more of compiling (docs/decisions.md)
+    compile: bool = False
     bn_recalibration: int = setting(512, ge=0)  # training images for exact BN statistics each epoch (0: off)
 
 

@@ -259,6 +259,15 @@ def train(
         partial = not getattr(objective, "uses_all_parameters", True)
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                       find_unused_parameters=partial)
+    eager = net
+
+    def note(text: str) -> None:
+        if main and hasattr(callback, "stage"):
+            callback.stage(stage, "note", text)
+
+    compiled_ok = False
+    if cfg.compile:
+        net = _compile(net, note)
     n = len(train_split)
     bs, steps = batch_layout(n, cfg.batch_size)
     total_steps = steps * cfg.epochs
@@ -276,9 +285,9 @@ def train(
         example = torch.rand(bs // world or 1, *train_split.images.shape[1:])
         if channels_last:
             example = example.contiguous(memory_format=torch.channels_last)
-        amp_dtype, note = precision.choose_autocast(model, example, device, cfg.amp)
-        if note and main and hasattr(callback, "stage"):
-            callback.stage(stage, "note", note)
+        amp_dtype, chosen = precision.choose_autocast(model, example, device, cfg.amp)
+        if chosen:
+            note(chosen)
     use_scaler = precision.needs_scaler(device, amp_dtype)
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     precision_name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
@@ -334,13 +343,19 @@ def train(
                 lr = lr_at(cfg.schedule, cfg.lr, (epoch - 1) * steps + s, total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                with precision.autocast(device, amp_dtype):
-                    if x_t is None:
-                        loss, logits = objective(net, x, y, idx_dev)
-                    else:
-                        loss, logits = objective(net, x, y, idx_dev, teacher_x=x_t)
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                try:
+                    loss, logits = _forward_backward(objective, net, x, y, idx_dev, x_t, device,
+                                                     amp_dtype, scaler)
+                except Exception as e:  # noqa: BLE001 - compilation fails as any exception
+                    if net is eager or compiled_ok:
+                        raise
+                    note(f"torch.compile failed on this model ({type(e).__name__}): training eagerly")
+                    net = eager
+                    optimizer.zero_grad(set_to_none=True)
+                    loss, logits = _forward_backward(objective, net, x, y, idx_dev, x_t, device,
+                                                     amp_dtype, scaler)
+                compiled_ok = True
                 if world > 1 and extra is not None:  # not inside DDP: average by hand
                     for p in extra.parameters():
                         if p.grad is not None:
@@ -413,6 +428,26 @@ def train(
         feeder.close()
     model.to(memory_format=torch.contiguous_format)
     return _result(history, has_val=len(val_split) > 0)
+
+
+def _forward_backward(objective, net, x, y, idx, x_t, device, amp_dtype, scaler):
+    with precision.autocast(device, amp_dtype):
+        if x_t is None:
+            loss, logits = objective(net, x, y, idx)
+        else:
+            loss, logits = objective(net, x, y, idx, teacher_x=x_t)
+    scaler.scale(loss).backward()
+    return loss, logits
+
+
+def _compile(net: nn.Module, note) -> nn.Module:
+    """torch.compile (inductor) of the training forward; the eager model where it is missing.
+    Compilation happens at the first step; a failure there falls back too (train())."""
+    try:
+        return torch.compile(net)
+    except Exception as e:  # noqa: BLE001 - e.g. no compiler toolchain, an unsupported platform
+        note(f"torch.compile is unavailable here ({type(e).__name__}: {e}): training eagerly")
+        return net
 
 
 def _cpu_channels_last_workaround(model: nn.Module) -> list:
