@@ -171,3 +171,14 @@ def test_recorded_soft_labels_refuse_terms_on_features(teacher):
 
     with pytest.raises(ValueError, match="logits only; at need the teacher"):
         DistillObjective(None, [(1.0, ATLoss("a", "b"))], recorded=object())
+
+
+def test_an_epoch_replayed_in_the_same_process_draws_the_same_overlays(data):
+    """The cache replays epoch e with the run's own transform just before training runs it."""
+    maps = torch.rand(len(data.train), 16, 16)
+    ig = IGOverlay(maps, AUG, p=0.5, blend=0.5)
+    runs = []
+    for _ in range(2):
+        g, batches = engine.epoch_batches(5, 1, len(data.train), 32)
+        runs.append([ig(data.train.images[idx], idx, g) for idx in batches])
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))

@@ -52,15 +52,16 @@ class IGOverlay:
         self.settings = settings
         self.p, self.blend = p, blend
         self.clean_for_teacher = clean_for_teacher
-        self._epoch_seed: int | None = None
+        self._epoch_generator: torch.Generator | None = None
         self._draws = torch.Generator()
 
     def _overlay_generator(self, g: torch.Generator) -> torch.Generator:
-        """The overlay's generator: restarted whenever the engine's epoch generator is new."""
-        seed = g.initial_seed()
-        if seed != self._epoch_seed:
-            self._epoch_seed = seed
-            self._draws.manual_seed((seed * 0x9E3779B1 + 0x632BE5AB) % 2**63)
+        """The overlay's generator, restarted whenever the engine hands a new epoch generator
+        (kept referenced, so identity cannot be reused): the same epoch replayed twice in one
+        process, as the soft-label cache does before training, draws the same overlays."""
+        if g is not self._epoch_generator:
+            self._epoch_generator = g
+            self._draws.manual_seed((g.initial_seed() * 0x9E3779B1 + 0x632BE5AB) % 2**63)
         return self._draws
 
     def __call__(self, x: torch.Tensor, idx: torch.Tensor, g: torch.Generator):
