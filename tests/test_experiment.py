@@ -55,6 +55,9 @@ def test_ablation_end_to_end_and_resumable(tmp_path):
     # the runs with `ig` shared one computation of the maps
     caches = list((out / "ig").iterdir())
     assert len([c for c in caches if c.is_dir()]) == 1
+    # and one recording of the teacher per seed and view: kd with indistill+kd (clean images),
+    # kd+ig with indistill+kd+ig (overlaid); each run's own copy of the teacher does not split it
+    assert len([c for c in (out / "soft_labels").iterdir() if c.is_dir()]) == 2 * 2
     report = json.loads((out / "runs" / "indistill_kd_ig" / "s1" / "report.json").read_text())
     assert report["ig"]["cache"] == str([c for c in caches if c.is_dir()][0].resolve())
     for name in ("ablation.md", "ablation.json", "ablation.png"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from edgekd.attribution.cache import weights_sha256
 from edgekd.distill.losses import DistillObjective
 from edgekd.distill.methods import FEATURE_TERMS, LOSS_TERMS, build_terms
 from edgekd.distill.soft_labels import CachedTeacher, SoftLabelCache, ViewReplay
@@ -52,7 +53,8 @@ def recorded_teacher(ctx: Context, teacher, source: str, transform, epochs: int,
     dtype = precision.autocast_dtype(ctx.device, train_cfg.amp)
     overlaid = "ig" in cfg.methods and d.teacher_input == "overlaid"
     view = {"overlay": ctx.ig_id, "p": cfg.ig.p, "blend": cfg.ig.blend} if overlaid else "clean"
-    key = {"teacher": ctx.run.output_hash(source), "data": ctx.data.fingerprint(),
+    # The teacher by its weights: each run's copy of a shared teacher carries its own metadata.
+    key = {"teacher": weights_sha256(teacher), "data": ctx.data.fingerprint(),
            "augment": {"kind": type(augment_settings(ctx)).__name__, **augment_settings(ctx).__dict__},
            "seed": cfg.seed, "batch_size": train_cfg.batch_size, "device": ctx.device.type,
            "precision": str(dtype), "view": view, "topk": d.soft_label_topk}
