@@ -118,6 +118,10 @@ def test_a_cache_serves_its_own_key_only(data, teacher, tmp_path):
     replay = ViewReplay(3, 32, engine.StandardAugment(AUG))
     a = SoftLabelCache(tmp_path, _key())
     a.build(teacher, data.train.images, 1, replay, torch.device("cpu"))
+    # a key with a tuple (a resized crop's scale range) reads back from its manifest as itself
+    tupled = SoftLabelCache(tmp_path, _key(augment={"scale": (0.35, 1.0)}))
+    tupled.build(teacher, data.train.images, 1, replay, torch.device("cpu"))
+    assert tupled.recorded() == [1] and tupled.load(1, 10).shape == (len(data.train), 10)
     other_seed = SoftLabelCache(tmp_path, _key(seed=4))
     other_teacher = SoftLabelCache(tmp_path, _key(teacher="t2"))
     assert len({a.folder, other_seed.folder, other_teacher.folder}) == 3

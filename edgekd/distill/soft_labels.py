@@ -69,7 +69,8 @@ class SoftLabelCache:
     """The recorded teacher logits of one key: build missing epochs, read any of them."""
 
     def __init__(self, root: str | Path, key: dict):
-        self.key = {"format": FORMAT, **key}
+        # as the manifest will read it back: JSON has lists, not tuples (a crop's scale range)
+        self.key = json.loads(json.dumps({"format": FORMAT, **key}))
         self.folder = cache_folder(root, key)
 
     # ---- manifest ---------------------------------------------------------------------
