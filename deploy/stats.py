@@ -30,6 +30,15 @@ def bootstrap_median_ci(
     values: Sequence[float], confidence: float = 0.95, resamples: int = 1000, seed: int = 0
 ) -> Tuple[float, float]:
     """Percentile-bootstrap confidence interval of the median; deterministic for a given seed."""
+    return bootstrap_cis(values, (50,), confidence, resamples, seed)["p50"]
+
+
+def bootstrap_cis(
+    values: Sequence[float], qs: Sequence[float] = (50,), confidence: float = 0.95,
+    resamples: int = 1000, seed: int = 0
+) -> Dict[str, Tuple[float, float]]:
+    """Percentile-bootstrap confidence intervals of the percentiles `qs`, {'p50': (lo, hi)},
+    from the same resamples; deterministic for a given seed."""
     data = _as_sample(values)
     if not 0.0 < confidence < 1.0:
         raise ValueError("confidence must be in (0, 1), got %r" % confidence)
@@ -38,18 +47,24 @@ def bootstrap_median_ci(
     rng = np.random.default_rng(seed)
     n = data.size
     per_chunk = max(1, _BOOTSTRAP_CHUNK // n)
-    medians = []
+    stats = []
     for start in range(0, resamples, per_chunk):
         rows = min(per_chunk, resamples - start)
-        medians.append(np.median(data[rng.integers(0, n, size=(rows, n))], axis=1))
+        # (len(qs), rows): each resample's percentiles
+        stats.append(np.percentile(data[rng.integers(0, n, size=(rows, n))], list(qs), axis=1))
+    every = np.concatenate(stats, axis=1)
     tail = (1.0 - confidence) / 2.0 * 100.0
-    lo, hi = np.percentile(np.concatenate(medians), [tail, 100.0 - tail])
-    return float(lo), float(hi)
+    out = {}
+    for i, q in enumerate(qs):
+        lo, hi = np.percentile(every[i], [tail, 100.0 - tail])
+        out["p%g" % q] = (float(lo), float(hi))
+    return out
 
 
 def summarize(values: Sequence[float], resamples: int = 1000, seed: int = 0) -> Dict[str, object]:
-    """mean, sd (sample, ddof=1), min, p50/p90/p95/p99, max and a 95 % bootstrap CI of the
-    median of a latency sample (same unit in, same unit out)."""
+    """mean, sd (sample, ddof=1), min, p50/p90/p95/p99, max and 95 % bootstrap CIs of the
+    median (`median_ci95`), p90 and p99 (`p90_ci95`, `p99_ci95`) of a latency sample (same
+    unit in, same unit out)."""
     data = _as_sample(values)
     out: Dict[str, object] = {
         "mean": float(data.mean()),
@@ -58,7 +73,9 @@ def summarize(values: Sequence[float], resamples: int = 1000, seed: int = 0) -> 
     }
     out.update(percentiles(data))
     out["max"] = float(data.max())
-    out["median_ci95"] = list(bootstrap_median_ci(data, 0.95, resamples, seed))
+    cis = bootstrap_cis(data, (50, 90, 99), 0.95, resamples, seed)
+    out["median_ci95"] = list(cis["p50"])
+    out["p90_ci95"], out["p99_ci95"] = list(cis["p90"]), list(cis["p99"])
     return out
 
 

@@ -20,7 +20,7 @@ from deploy.envinfo import capture
 from deploy.errors import DeployError, RunnerUnavailable
 from deploy.harness import MeasureSettings, assemble_batches, batch_sweep, measure, single_stream
 from deploy.runners import OrtRunner, TrtRunner, default_intra_op_threads, make_runner
-from deploy.stats import bootstrap_median_ci, percentiles, summarize
+from deploy.stats import bootstrap_cis, bootstrap_median_ci, percentiles, summarize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -198,6 +198,22 @@ def test_bootstrap_ci_contains_median_and_is_deterministic():
     assert (lo, hi) != bootstrap_median_ci(data, seed=8)
     wide = bootstrap_median_ci(data[:50], seed=7)
     assert wide[1] - wide[0] > hi - lo  # fewer samples, wider interval
+
+
+def test_tail_percentile_cis_come_from_the_same_resamples_and_bracket_their_percentile():
+    data = np.random.default_rng(5).lognormal(size=2000)
+    cis = bootstrap_cis(data, (50, 90, 99), seed=2)
+    # one set of resamples for all three, drawn as the median's always were
+    rows = data[np.random.default_rng(2).integers(0, data.size, size=(1000, data.size))]
+    for q in (50, 90, 99):
+        ref = np.percentile(np.percentile(rows, q, axis=1), [2.5, 97.5])
+        assert cis[f"p{q}"] == pytest.approx(tuple(ref), rel=1e-12)
+    for q in (50, 90, 99):
+        lo, hi = cis[f"p{q}"]
+        assert lo < np.percentile(data, q) < hi
+    assert cis["p99"][1] - cis["p99"][0] > cis["p50"][1] - cis["p50"][0]  # the tail is noisier
+    s = summarize(data, seed=2)
+    assert s["p90_ci95"] == list(cis["p90"]) and s["p99_ci95"] == list(cis["p99"])
 
 
 def test_summarize_fields():

@@ -32,7 +32,7 @@ BENCH_KEYS = {"schema", "schema_version", "created", "environment", "model", "in
               "results", "accuracy", "precision"}
 RESULT_KEYS = {"batch_size", "iterations", "duration_s", "warmup", "stop_reason", "latency_ms",
                "throughput_ips", "timings_ms"}
-LATENCY_KEYS = {"mean", "sd", "min", "p50", "p90", "p95", "p99", "max", "median_ci95"}
+LATENCY_KEYS = {"mean", "sd", "min", "p50", "p90", "p95", "p99", "max", "median_ci95", "p90_ci95", "p99_ci95"}
 
 
 @pytest.fixture(scope="module")

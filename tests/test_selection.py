@@ -164,10 +164,18 @@ def test_rank_takes_the_most_macs_that_fits_with_the_ci_and_the_margin():
     assert [r["arch"] for r in rows] == ["mid", "small", "edge", "big"]
     assert [r["fits"] for r in rows] == [True, True, False, False]
     assert rows[0]["margin_pct"] == pytest.approx(100 * (5.2 - 4.9) / 5.2, abs=0.01)
-    # p90 is held as measured (here 1.1 x p50), with no margin: edge (5.17 ms) fits now.
+    # A p90 without its interval (measured before the harness kept one) is held as measured
+    # (here 1.1 x p50), with no margin: edge (5.17 ms) fits now.
     p90 = rank(records, Budget(latency_ms=5.2, percentile="p90", margin=0), 5.2)
     assert [r["arch"] for r in p90 if r["fits"]] == ["edge", "mid", "small"]
     assert p90[0]["value_ms"] == pytest.approx(5.17)
+    # With its interval, p99's upper end is held: edge's tail reaches 5.3 ms, over the limit.
+    for r in records.values():
+        p50 = r["latency_ms"]["p50"]
+        r["latency_ms"].update(p99=p50 * 1.12, p99_ci95=[p50 * 1.05, p50 * 1.13])
+    p99 = rank(records, Budget(latency_ms=5.2, percentile="p99", margin=0), 5.2)
+    assert [r["arch"] for r in p99 if r["fits"]] == ["mid", "small"]
+    assert p99[-2]["value_ms"] == pytest.approx(4.7 * 1.13)
 
 
 def test_the_cache_key_holds_the_environment_and_a_damaged_entry_is_a_miss(tmp_path):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from edgekd.config.settings import check, setting
 from edgekd.errors import SelectError
 
-PERCENTILES = ("p50", "p90")
+PERCENTILES = ("p50", "p90", "p99")
 PRECISIONS = ("fp32", "int8")
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from edgekd.io import sha256_json, write_json
 
 SCHEMA = "edgekd.latency-cache"
-VERSION = 1
+VERSION = 2  # 2: p90 and p99 keep their confidence intervals
 
 
 def default_cache_dir() -> Path:

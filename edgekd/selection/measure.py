@@ -27,10 +27,11 @@ from edgekd.version import __version__
 
 Progress = Callable[[str, str], None]
 
+AGAIN = ".again"  # the bundle key of a bracketed model's second run
+LATENCY_KEYS = ("p50", "p90", "p99", "mean", "sd", "median_ci95", "p90_ci95", "p99_ci95")
+
 # Short enough that 30 candidates take about a minute on a 2-core CPU, long enough for a
 # stable median at ms scale (the CI of the median is reported beside every figure).
-AGAIN = ".again"  # the bundle key of a bracketed model's second run
-
 SELECT_SETTINGS = MeasureSettings(warmup_s=0.2, warmup_iters=3, min_iters=15, min_s=0.5, max_s=15.0)
 
 
@@ -100,7 +101,7 @@ def measure_archs(
     """Latency of every (architecture, precision) in `items` on `deploy.target` at
     `spec.batch`: from the cache where it holds the figure, otherwise measured now, all in one
     bundle. Returns label(name, precision) -> {arch, params, macs, precision, latency_ms (p50,
-    p90, p99, mean, sd, median_ci95), iterations, cached, measured, where, cpu}.
+    p90, p99, mean, sd, median_ci95, p90_ci95, p99_ci95), iterations, cached, measured, where, cpu}.
 
     `samples` (N, 3, H, W) float32 in [0, 1] feed the harness (noise by default); `calib`
     images calibrate INT8 (the samples by default). The labels in `bracket` (the reference a
@@ -185,8 +186,7 @@ def measure_archs(
         r = model_doc["results"][0]
         record = {"arch": name, "params": entries[key]["params"], "macs": entries[key]["macs"],
                   "precision": precision,
-                  "latency_ms": {k: r["latency_ms"][k] for k in
-                                 ("p50", "p90", "p99", "mean", "sd", "median_ci95")},
+                  "latency_ms": {k: r["latency_ms"][k] for k in LATENCY_KEYS if k in r["latency_ms"]},
                   "iterations": r["iterations"], "throughput_ips": r["throughput_ips"],
                   **({"bracket_p50_ms": model_doc["bracket_p50_ms"]} if "bracket_p50_ms" in model_doc else {}),
                   "measured": stamp, "where": doc.get("where"),
