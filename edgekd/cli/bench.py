@@ -16,6 +16,10 @@ from edgekd.errors import EdgeKDError
 @click.argument("models_", metavar="MODEL...", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--compare", "compare_run", type=click.Path(path_type=Path), default=None,
               help="A run's teacher vs student (torch eager, ONNX Runtime, FP32 and INT8), next to the papers' claim.")
+@click.option("--verify", "verify_run", type=click.Path(path_type=Path), default=None,
+              help="Measure a run's certified teacher and student again and judge its latency budget "
+                   "(exit 1 when it no longer holds).")
+@click.option("--target", default=None, help="With --verify: where to measure (default: the certificate's).")
 @click.option("--batch", "batches", type=int, multiple=True, help="Batch size, repeatable (default 1; --compare: 64 and 1).")
 @click.option("--threads", type=int, default=None, help="Intra-op threads, torch and ONNX Runtime (default: the usable cores).")
 @click.option("--inputs", type=click.Path(path_type=Path), default=None, help=".npy of samples (default: samples.npy beside the model, else noise).")
@@ -23,17 +27,30 @@ from edgekd.errors import EdgeKDError
 @click.option("--out", "out_path", type=click.Path(path_type=Path), default=None, help="Write the JSON document here.")
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="Write a PNG bar chart here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document to stdout.")
-def bench(models_, compare_run, batches, threads, inputs, warmup_s, warmup_iters, min_s, min_iters,
+def bench(models_, compare_run, verify_run, target, batches, threads, inputs, warmup_s, warmup_iters, min_s, min_iters,
           max_s, out_path, plot, as_json):
     """Latency of ONNX models (ONNX Runtime) and checkpoints (PyTorch eager) on this machine.
 
-    MODEL: .onnx or .pt files. With --compare RUN_DIR: the run's teacher vs student.
+    MODEL: .onnx or .pt files. With --compare RUN_DIR: the run's teacher vs student. With
+    --verify RUN_DIR: the run's budget certificate checked again on --target.
     """
     from edgekd.bench.measure import bench_models
     from edgekd.bench.measure import compare_run as compare
     from edgekd.bench.plot import plot_compare, plot_set
     from edgekd.io import write_json
 
+    if verify_run is not None:
+        if models_ or compare_run is not None:
+            raise EdgeKDError("--verify RUN_DIR takes no MODEL files and no --compare")
+        given = [name for name in ("batches", "threads", "inputs", "plot", "warmup_s", "warmup_iters",
+                                   "min_s", "min_iters", "max_s")
+                 if click.get_current_context().get_parameter_source(name).name != "DEFAULT"]
+        if given:
+            raise EdgeKDError(f"--verify measures as its certificate says: drop --{given[0].replace('_', '-')}"
+                              .replace("--batches", "--batch"))
+        return _verify(verify_run, target, out_path, as_json)
+    if target is not None:
+        raise EdgeKDError("--target goes with --verify RUN_DIR: use edgekd deploy to measure a run elsewhere")
     settings = harness_settings(warmup_s, warmup_iters, min_s, min_iters, max_s)
 
     def progress(detail):
@@ -61,3 +78,27 @@ def bench(models_, compare_run, batches, threads, inputs, warmup_s, warmup_iters
     for path, what in ((out_path, "json"), (plot, "plot")):
         if path:
             err.print(f"wrote {what}: {path}", highlight=False)
+
+
+def _verify(run: Path, target: str | None, out_path: Path | None, as_json: bool) -> None:
+    """The certificate's verdict measured again: one line, exit 1 when it no longer holds."""
+    import sys
+
+    from edgekd.bench.verify import verify_run
+    from edgekd.io import write_json
+
+    def progress(step, detail):
+        err.print(f"[cyan]{step:>8}[/] {detail}", highlight=False, soft_wrap=True)
+
+    doc = verify_run(run, target, progress)
+    if out_path:
+        write_json(out_path, doc)
+        err.print(f"wrote json: {out_path}", highlight=False)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    if doc["holds"]:
+        # with --json, stdout holds the document alone
+        (err if as_json else out).print(f"[green]verified:[/] {doc['summary']}", highlight=False, soft_wrap=True)
+        return
+    err.print(f"[bold red]FAIL:[/] {doc['summary']}", highlight=False, soft_wrap=True)
+    sys.exit(1)

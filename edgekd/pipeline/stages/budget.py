@@ -46,19 +46,23 @@ class BudgetStage(Stage):
         return ["teacher", "student.int8" if ctx.cfg.budget.precision == "int8" else "student"]
 
     def key(self, ctx: Context) -> str:
-        return stage_key("budget", ctx.cfg.budget.__dict__,
+        from edgekd.selection.certificate import VERSION
+
+        # the certificate's version: a run checked before it existed, or under an older one,
+        # is measured again on --resume and gets one
+        return stage_key("budget", ctx.cfg.budget.__dict__, f"certificate-{VERSION}",
                          *[ctx.run.output_hash(f"{m}.onnx") for m in self._models(ctx)])
 
     def run(self, ctx: Context, key: str) -> None:
         from dataclasses import replace
 
         from edgekd.runfiles import ensure_samples
+        from edgekd.selection.cache import environment_fingerprint
+        from edgekd.selection.certificate import certificate, judge
         from edgekd.selection.measure import SELECT_SETTINGS
-        from edgekd.selection.select import measured_value
-        from edgekd.ship.remote import deploy_run
+        from edgekd.ship.remote import MODEL_FILES, deploy_run
 
         b = ctx.cfg.budget
-        budget = ctx.cfg.budget
         models = self._models(ctx)
         ctx.reporter.stage("budget", "start", f"measuring {', '.join(models)} on {b.target} at batch "
                            f"{b.batch}")
@@ -69,27 +73,21 @@ class BudgetStage(Stage):
         result = deploy_run(ctx.run.path, opts, results_dir=RESULTS_DIR)
         doc = result["document"]
 
-        def value(key: str, side: int) -> float:
-            r = doc["models"][key]["results"][0]
-            return measured_value({"latency_ms": r["latency_ms"]}, b.percentile, side)
-
-        # Held strictly: the student's p50 at its CI's upper end, the teacher's at the lower.
-        teacher_ms, student_ms = value("teacher", 0), value(models[1], 1)
         # With --speedup the limit comes from this very measurement of the trained teacher, or
-        # from the selection's (measured first and last, the faster kept) when that is lower:
-        # a teacher slowed by other load on the device cannot loosen the budget.
-        limit = budget.limit_ms(teacher_ms)
+        # from the selection's (measured first and last, the faster kept) when that is lower.
         selected = (ctx.selection or ctx.run.stage_info("select") or {}).get("budget") or {}
-        if budget.speedup is not None and selected.get("limit_ms"):
-            limit = min(limit, selected["limit_ms"])
+        judged = judge(doc, models[1], b.percentile, b.latency_ms, b.speedup, selected.get("limit_ms"))
         results = f"{RESULTS_DIR}/{result['path'].rsplit('/', 1)[-1]}"
+        files = {role: {"file": MODEL_FILES[key], "key": key, "sha256": doc["models"][key]["model"]["sha256"]}
+                 for role, key in zip(("teacher", "student"), models, strict=True)}
+        cert = certificate({**certified_budget(b), "selection_limit_ms": selected.get("limit_ms")}, files,
+                           doc, environment_fingerprint(result["probe"], b.backend), judged)
         info = {"student": ctx.cfg.student.arch, "precision": b.precision, "batch": b.batch,
                 "percentile": b.percentile, "target": b.target, "backend": b.backend,
-                "limit_ms": limit, "student_ms": student_ms, "teacher_ms": teacher_ms,
-                "speedup": round(teacher_ms / student_ms, 2),
-                "margin_ms": limit - student_ms, "margin_pct": round(100 * (limit - student_ms) / limit, 2),
-                "holds": student_ms <= limit, "results": results,
-                "cpu": ((doc.get("environment") or {}).get("cpu") or {}).get("model")}
+                **judged, "results": results,
+                "cpu": ((doc.get("environment") or {}).get("cpu") or {}).get("model"),
+                "certificate": cert}
+        student_ms, limit = judged["student_ms"], judged["limit_ms"]
         if info["holds"]:
             ctx.run.mark_done("budget", key, [results], info)
         else:
@@ -97,6 +95,12 @@ class BudgetStage(Stage):
         ctx.reporter.stage("budget", "done" if info["holds"] else "note",
                            f"{'holds' if info['holds'] else 'OVER BUDGET'}: student {student_ms:.3g} ms "
                            f"vs {limit:.3g} ms, {info['speedup']:.1f}x faster than the teacher")
+
+
+def certified_budget(b) -> dict:
+    """The settings a budget's verdict depends on (how the target is reached does not)."""
+    return {k: getattr(b, k) for k in ("latency_ms", "speedup", "batch", "percentile", "precision",
+                                       "margin", "backend", "threads", "target")}
 
 
 STAGE = BudgetStage()
