@@ -51,10 +51,10 @@ def default_config(dataset: str = "digits") -> RunConfig:
         # the MACs of 32x32, which is what fits the whole pipeline in the 6-minute budget on
         # a slow 2-core AVX2 host too (docs/decisions.md; benchmarks/compress_default.py).
         cfg.data.input_size = DIGITS_INPUT_SIZE
-        # The teacher gets 10 epochs. The student's 26 include the InDistill warm-up's
-        # 3 + 4 + 5, leaving 14 for distillation: the budget's student (a small dense ResNet
+        # The teacher gets 10 epochs. The student's 26 include the InDistill warm-up's fifth
+        # (1 + 2 + 2), leaving 21 for distillation: the budget's student (a small dense ResNet
         # here) trains in a third of the time per epoch the papers' truncated one did, and
-        # needs the epochs (5 gave 87 %, 14 give the teacher's accuracy; docs/decisions.md).
+        # needs the epochs (5 gave 87 %, 14 the teacher's accuracy; docs/decisions.md).
         for t, epochs in ((cfg.teacher.train, 10), (cfg.student.train, 26)):
             t.epochs, t.schedule, t.lr = epochs, "onecycle", 2e-3
             t.bn_recalibration = 256  # a fifth of the 1,257 training images
