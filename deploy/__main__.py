@@ -87,6 +87,9 @@ def _measure_options(p: argparse.ArgumentParser) -> None:
         ("--max-iters", int, d.max_iters, "or this many runs"),
     ):
         p.add_argument(flag, type=kind, default=default, help=what + " (default: %(default)s)")
+    p.add_argument("--sustain", type=float, default=0.0, metavar="SECONDS",
+                   help="then run the largest batch this long without pause and report the "
+                        "latency's drift (thermal steady state on a Jetson); default: off")
 
 
 def _settings(args: argparse.Namespace):
@@ -114,7 +117,7 @@ def _bench(args: argparse.Namespace) -> int:
     elif args.threads is not None or args.providers:
         raise DeployError("--threads and --provider apply to --backend onnxruntime only")
     doc = run_bench(args.model, args.backend, args.inputs, _batches(args), _settings(args),
-                    options, keep_timings=not args.no_timings, power=args.power)
+                    options, keep_timings=not args.no_timings, power=args.power, sustain_s=args.sustain)
     write_json_atomic(args.out, doc)
     for warning in doc["environment"]["warnings"]:
         print("warning: " + warning, file=sys.stderr)
@@ -136,7 +139,8 @@ def _run_bundle(args: argparse.Namespace) -> int:
         raise DeployError("--threads and --provider apply to --backend onnxruntime only")
     doc = run_bundle(args.bundle, args.backend, args.batches or SCENARIOS["sweep"], _settings(args),
                      threads=args.threads, providers=args.providers, engine_cache=args.engine_cache,
-                     precision=args.precision, models=args.models, power=args.power)
+                     precision=args.precision, models=args.models, power=args.power,
+                     sustain_s=args.sustain)
     write_json_atomic(args.out, doc)
     for key, m in sorted(doc["models"].items()):
         acc = m["accuracy"]

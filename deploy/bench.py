@@ -14,9 +14,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from . import SCHEMA_NAME, SCHEMA_VERSION
-from .envinfo import capture
+from .envinfo import capture, max_temperature
 from .errors import DeployError
-from .harness import MeasureSettings, batch_sweep
+from .harness import MeasureSettings, batch_sweep, sustain
 from .power import PowerSampler
 from .runners import Runner, make_runner
 
@@ -33,17 +33,19 @@ def run_bench(
     runner_options: Optional[Dict[str, Any]] = None,
     keep_timings: bool = True,
     power: str = "auto",
+    sustain_s: float = 0.0,
 ) -> Dict[str, Any]:
     """Measure `model_path` at each batch size and return the bench document (schema
     edgekd.bench v1); inputs come from an .npy file, else uniform [0, 1) noise. `power`:
-    'auto' samples tegrastats / jtop where present (a Jetson), 'off' never."""
+    'auto' samples tegrastats / jtop where present (a Jetson), 'off' never. `sustain_s` > 0
+    then runs the largest batch that long without pause (`sustained`, deploy.harness.sustain)."""
     if not os.path.isfile(model_path):
         raise DeployError("model not found: %s" % model_path)
     environment = capture()  # before the runner exists, so its threads do not heat anything
     runner = make_runner(model_path, backend, **(runner_options or {}))
     try:
         return bench_runner(runner, model_path, inputs_path, batch_sizes, settings, keep_timings,
-                            environment=environment, power=power)
+                            environment=environment, power=power, sustain_s=sustain_s)
     finally:
         runner.close()
 
@@ -57,6 +59,7 @@ def bench_runner(
     keep_timings: bool = True,
     environment: Optional[Dict[str, Any]] = None,
     power: str = "auto",
+    sustain_s: float = 0.0,
 ) -> Dict[str, Any]:
     """The bench document for any object with the runner call shape (`run`, `describe`,
     `input_shape`): ONNX Runtime, TensorRT, or edgekd's PyTorch-eager baseline. `inputs` is
@@ -78,9 +81,13 @@ def bench_runner(
         inputs_doc = {"source": "array", "path": None, "sha256": None, "seed": None}
     inputs_doc.update(shape=list(samples.shape), dtype=samples.dtype.name)
     sampler = PowerSampler(power) if power != "off" else None
+    if sustain_s < 0:
+        raise DeployError("--sustain must be >= 0 seconds, got %r" % sustain_s)
     results = batch_sweep(runner, samples, batch_sizes, settings, keep_timings, sampler)
+    sustained = (sustain(runner, samples, max(batch_sizes), sustain_s, temperatures=max_temperature)
+                 if sustain_s else None)
     described = runner.describe()
-    return {
+    doc = {
         "schema": SCHEMA_NAME,
         "schema_version": SCHEMA_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -92,6 +99,9 @@ def bench_runner(
         "settings": asdict(settings),
         "results": results,
     }
+    if sustained is not None:
+        doc["sustained"] = sustained
+    return doc
 
 
 def random_inputs(runner: Runner, count: int, seed: int = RANDOM_SEED) -> np.ndarray:
@@ -183,7 +193,21 @@ def summary_lines(doc: Dict[str, Any]) -> List[str]:
             lines.append("power at batch %d: %s %.0f mW mean (%s, %d samples), %.3f mJ/image"
                          % (r["batch_size"], p["input_rail"], p["input_mean_mw"], p["source"],
                             p["samples"], p.get("energy_mj_per_image") or 0.0))
+    line = sustained_line(doc.get("sustained"))
+    if line:
+        lines.append(line)
     return lines
+
+
+def sustained_line(s: Optional[Dict[str, Any]]) -> Optional[str]:
+    """One line beside the short figures: how the p50 moved over a sustained run."""
+    if not s:
+        return None
+    temps = [w["max_temp_c"] for w in s["windows"] if w.get("max_temp_c") is not None]
+    heat = (", hottest zone %.0f -> %.0f C" % (temps[0], temps[-1])) if temps else ""
+    return ("sustained %g s at batch %d: p50 %.3f -> %.3f ms (%+.1f %%), steady %.3f ms%s"
+            % (s["seconds"], s["batch_size"], s["first_p50_ms"], s["last_p50_ms"], s["drift_pct"],
+               s["steady_p50_ms"], heat))
 
 
 def _check_batches(runner: Runner, batch_sizes: List[int]) -> None:

@@ -268,6 +268,12 @@ def _jetson_clocks(root: str) -> Dict[str, Any]:
     return {"locked": all(parts.values()) if parts else None, "parts": parts, "source": "sysfs"}
 
 
+def max_temperature(root: str = "/") -> Optional[float]:
+    """The hottest thermal zone in degrees C, or None where none can be read."""
+    temps = [z["temp_c"] for z in _thermal_zones(root) or [] if z["temp_c"] is not None]
+    return max(temps) if temps else None
+
+
 def _thermal_zones(root: str) -> Optional[List[Dict[str, Any]]]:
     zones = []
     paths = glob.glob(_path(root, "sys/class/thermal/thermal_zone*"))

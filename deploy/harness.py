@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from .errors import DeployError
-from .stats import summarize
+from .stats import percentiles, summarize
 
 
 @dataclass
@@ -139,6 +139,59 @@ def batch_sweep(runner: Any, inputs: np.ndarray, batch_sizes: Sequence[int] = (1
     """One `measure` per batch size, in the given order (batch 1 as `single_stream`)."""
     return [single_stream(runner, inputs, settings, keep_timings, monitor) if b == 1
             else measure(runner, inputs, b, settings, keep_timings, monitor) for b in batch_sizes]
+
+
+def sustain(runner: Any, inputs: np.ndarray, batch_size: int, seconds: float, windows: int = 10,
+            temperatures: Any = None) -> Dict[str, Any]:
+    """Run without pause for `seconds` after a short measurement, in `windows` equal windows,
+    and report how the latency drifts: a Jetson (or a laptop) reaches its thermal steady state
+    after minutes and may clock down on the way, which a short figure does not show.
+
+    Returns seconds, batch_size, windows (each: t_s, p50_ms, p90_ms, iterations and, when
+    `temperatures` returns a reading, max_temp_c), first_p50_ms, last_p50_ms, drift_pct (last
+    window's p50 against the first's), steady_p50_ms (median of the last third's window
+    p50s). `temperatures()` gives degrees C or None (deploy.envinfo.max_temperature)."""
+    if seconds <= 0:
+        raise DeployError("--sustain must be > 0 seconds, got %r" % seconds)
+    if windows < 1:
+        raise DeployError("windows must be >= 1, got %r" % windows)
+    batches = assemble_batches(inputs, batch_size, getattr(runner, "input_dtype", np.float32))
+    run, clock, nb = runner.run, time.perf_counter_ns, len(batches)
+    window_ns = int(seconds * 1e9 / windows)
+    out: List[Dict[str, Any]] = []
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    i = 0
+    start = clock()
+    try:
+        for w in range(windows):
+            end = start + (w + 1) * window_ns
+            timings: List[int] = []
+            while True:
+                t0 = clock()
+                run(batches[i % nb])
+                t1 = clock()
+                timings.append(t1 - t0)
+                i += 1
+                if t1 >= end:
+                    break
+            ms = np.asarray(timings, dtype=np.float64) / 1e6
+            p = percentiles(ms, (50, 90))
+            row: Dict[str, Any] = {"t_s": round((t1 - start) / 1e9, 3), "p50_ms": p["p50"],
+                                   "p90_ms": p["p90"], "iterations": len(timings)}
+            temp = temperatures() if temperatures is not None else None
+            if temp is not None:
+                row["max_temp_c"] = temp
+            out.append(row)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    first, last = out[0]["p50_ms"], out[-1]["p50_ms"]
+    tail = [r["p50_ms"] for r in out[-max(1, len(out) // 3):]]
+    return {"seconds": seconds, "batch_size": batch_size, "windows": out,
+            "first_p50_ms": first, "last_p50_ms": last,
+            "drift_pct": round(100.0 * (last - first) / first, 2),
+            "steady_p50_ms": float(np.median(tail))}
 
 
 def _warm_up(runner: Any, batches: List[np.ndarray], s: MeasureSettings) -> tuple:

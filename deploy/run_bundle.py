@@ -42,9 +42,11 @@ def run_bundle(
     models: Optional[Sequence[str]] = None,
     power: str = "auto",
     keep_timings: bool = True,
+    sustain_s: float = 0.0,
 ) -> Dict[str, Any]:
     """Verify `folder` (refusing a bundle whose files do not match the manifest), then check
-    and measure its models on `backend`; returns the edgekd.run-bench document."""
+    and measure its models on `backend`; returns the edgekd.run-bench document. `sustain_s` > 0
+    also runs each model that long at the largest batch (deploy.harness.sustain)."""
     try:
         manifest = verify_bundle(folder)
     except BundleError as e:
@@ -89,7 +91,7 @@ def run_bundle(
         try:
             predicted = np.asarray(top1(runner, x))
             doc = bench_runner(runner, onnx_path, samples_path, batch_sizes, settings, keep_timings,
-                               environment=environment, power=power)
+                               environment=environment, power=power, sustain_s=sustain_s)
         finally:
             runner.close()
         expected = np.asarray(entry.get("workstation_predictions") or [], dtype=np.int64)

@@ -71,9 +71,12 @@ def test_verify_names_environment_fields_that_differ_from_the_certificate(certif
     report = json.loads((certified / "report.json").read_text())
     report["budget"]["certificate"]["environment"]["cpu"] = "a CPU this is not"
     (certified / "report.json").write_text(json.dumps(report))
-    r = _verify(certified, "--json")
+    r = _verify(certified, "--json", "--sustain", "0.4")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
+    # --sustain: each model then ran 0.4 s more, its drift beside the verdict, not deciding it
+    assert doc["sustained"]["student"]["seconds"] == 0.4 and len(doc["sustained"]["teacher"]["windows"]) == 10
+    assert "student: sustained 0.4 s at batch 8" in r.stderr
     assert len(doc["changed_environment"]) == 1, doc["changed_environment"]
     assert doc["changed_environment"][0].startswith("cpu: 'a CPU this is not' -> ")
     assert "environment: cpu: 'a CPU this is not'" in doc["summary"] and doc["holds"] is True
@@ -83,7 +86,7 @@ def test_verify_refuses_a_run_without_a_certificate_and_stray_arguments(trained_
     r = _verify(trained_run)
     assert r.exit_code == 2 and "has no budget certificate" in r.stderr and "--speedup" in r.stderr
     r = CliRunner().invoke(cli, ["bench", "--target", "local", str(trained_run / "student.onnx")])
-    assert r.exit_code == 2 and "--target goes with --verify" in r.stderr
+    assert r.exit_code == 2 and "--target and --sustain go with --verify" in r.stderr
     r = _verify(trained_run, "--batch", "4")
     assert r.exit_code == 2 and "drop --batch" in r.stderr
 

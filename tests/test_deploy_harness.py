@@ -324,6 +324,37 @@ def test_single_stream_and_batch_sweep(convnet, samples):
         assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"]
 
 
+class ThrottlingRunner(SleepRunner):
+    """A device that clocks down as it heats: each run sleeps a little longer than the last."""
+
+    def __init__(self, sleep_s: float, step_s: float) -> None:
+        super().__init__(sleep_s)
+        self.step_s = step_s
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self.sleep_s += self.step_s
+        return super().run(batch)
+
+
+def test_sustain_reports_the_drift_of_a_device_that_slows_down_over_time(samples):
+    from deploy.harness import sustain
+
+    temps = iter(range(40, 100))
+    r = sustain(ThrottlingRunner(0.001, 0.0002), samples, 2, seconds=0.6, windows=3,
+                temperatures=lambda: float(next(temps)))
+    w = r["windows"]
+    assert len(w) == 3 and all(x["iterations"] >= 1 for x in w)
+    assert [x["max_temp_c"] for x in w] == [40.0, 41.0, 42.0]
+    assert w[0]["t_s"] < w[1]["t_s"] < w[2]["t_s"] and w[2]["t_s"] >= 0.6
+    assert w[0]["p50_ms"] < w[1]["p50_ms"] < w[2]["p50_ms"]
+    assert r["drift_pct"] == pytest.approx(100 * (w[2]["p50_ms"] - w[0]["p50_ms"]) / w[0]["p50_ms"], abs=0.01)
+    assert r["drift_pct"] > 20 and r["steady_p50_ms"] == w[2]["p50_ms"] and r["batch_size"] == 2
+    steady = sustain(SleepRunner(0.002), samples, 2, seconds=0.3, windows=3)
+    assert "max_temp_c" not in steady["windows"][0] and abs(steady["drift_pct"]) < 50
+    with pytest.raises(DeployError, match="--sustain must be > 0"):
+        sustain(SleepRunner(0.001), samples, 1, seconds=0)
+
+
 def test_settings_are_validated():
     with pytest.raises(ValueError, match="max_iters"):
         MeasureSettings(min_iters=10, max_iters=5)
@@ -441,6 +472,15 @@ def test_cli_bench_writes_the_documented_json(convnet, samples, tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would make, not mkstemp's 0600
+
+    # --sustain: the largest batch runs on without pause; the drift is printed beside the figures
+    proc = _deploy("bench", convnet[0], "--batch", "1", "--batch", "3", "--sustain", "0.5", "--out", str(out), *quick)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    s = doc["sustained"]
+    assert s["seconds"] == 0.5 and s["batch_size"] == 3 and len(s["windows"]) == 10
+    assert sum(w["iterations"] for w in s["windows"]) >= 10 and s["windows"][-1]["t_s"] >= 0.5
+    assert "sustained 0.5 s at batch 3: p50" in proc.stdout
 
 
 def test_cli_user_errors_are_one_line(convnet, tmp_path):

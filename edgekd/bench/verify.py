@@ -48,9 +48,11 @@ def load_certificate(run: Path) -> dict:
 
 
 def verify_run(run_dir: str | Path, target: str | None = None,
-               progress: Callable[[str, str], None] | None = None) -> dict:
+               progress: Callable[[str, str], None] | None = None, sustain_s: float = 0.0) -> dict:
     """Measure and judge again; returns the verification document (`holds`, `measured`, the
-    `certificate`'s figures, `changed_files`, `changed_environment`, `summary`: one line)."""
+    `certificate`'s figures, `changed_files`, `changed_environment`, `summary`: one line).
+    `sustain_s` > 0 also runs each model that long and reports its drift under `sustained`
+    (beside the verdict, which the short measurement decides, as it did for the certificate)."""
     from edgekd.ship.remote import DeployOptions, deploy_run
 
     run = Path(run_dir)
@@ -73,7 +75,7 @@ def verify_run(run_dir: str | Path, target: str | None = None,
                          threads=budget.get("threads"),
                          batch_sizes=[budget["batch"]], precision="fp32",
                          models=[files["teacher"]["key"], files["student"]["key"]],
-                         settings=MeasureSettings(**cert["harness"]["settings"]))
+                         settings=MeasureSettings(**cert["harness"]["settings"]), sustain_s=sustain_s)
     result = deploy_run(run, opts, progress=progress, results_dir=RESULTS_DIR)
     doc = result["document"]
     env = environment_fingerprint(result["probe"], budget["backend"])
@@ -84,6 +86,8 @@ def verify_run(run_dir: str | Path, target: str | None = None,
             "holds": verdict["holds"], "measured": verdict, "certified": cert["measured"],
             "budget": budget, "changed_files": changed_files, "changed_environment": changed_env,
             "results": str(Path(result["path"]).relative_to(run)),
+            "sustained": {role: doc["models"][f["key"]].get("sustained") for role, f in files.items()}
+            if sustain_s else None,
             "summary": summary(verdict, cert["measured"], budget, changed_files, changed_env)}
 
 

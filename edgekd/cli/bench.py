@@ -20,6 +20,8 @@ from edgekd.errors import EdgeKDError
               help="Measure a run's certified teacher and student again and judge its latency budget "
                    "(exit 1 when it no longer holds).")
 @click.option("--target", default=None, help="With --verify: where to measure (default: the certificate's).")
+@click.option("--sustain", "sustain_s", type=float, default=0.0, metavar="SECONDS",
+              help="With --verify: then run each model this long and report the drift beside the verdict.")
 @click.option("--batch", "batches", type=int, multiple=True, help="Batch size, repeatable (default 1; --compare: 64 and 1).")
 @click.option("--threads", type=int, default=None, help="Intra-op threads, torch and ONNX Runtime (default: the usable cores).")
 @click.option("--inputs", type=click.Path(path_type=Path), default=None, help=".npy of samples (default: samples.npy beside the model, else noise).")
@@ -27,7 +29,7 @@ from edgekd.errors import EdgeKDError
 @click.option("--out", "out_path", type=click.Path(path_type=Path), default=None, help="Write the JSON document here.")
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="Write a PNG bar chart here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document to stdout.")
-def bench(models_, compare_run, verify_run, target, batches, threads, inputs, warmup_s, warmup_iters, min_s, min_iters,
+def bench(models_, compare_run, verify_run, target, sustain_s, batches, threads, inputs, warmup_s, warmup_iters, min_s, min_iters,
           max_s, out_path, plot, as_json):
     """Latency of ONNX models (ONNX Runtime) and checkpoints (PyTorch eager) on this machine.
 
@@ -48,9 +50,12 @@ def bench(models_, compare_run, verify_run, target, batches, threads, inputs, wa
         if given:
             raise EdgeKDError(f"--verify measures as its certificate says: drop --{given[0].replace('_', '-')}"
                               .replace("--batches", "--batch"))
-        return _verify(verify_run, target, out_path, as_json)
-    if target is not None:
-        raise EdgeKDError("--target goes with --verify RUN_DIR: use edgekd deploy to measure a run elsewhere")
+        if sustain_s < 0:
+            raise EdgeKDError(f"--sustain {sustain_s:g}: give the seconds to run each model, or 0 for none")
+        return _verify(verify_run, target, sustain_s, out_path, as_json)
+    if target is not None or sustain_s:
+        raise EdgeKDError("--target and --sustain go with --verify RUN_DIR: edgekd deploy measures a run "
+                          "elsewhere, with --sustain too")
     settings = harness_settings(warmup_s, warmup_iters, min_s, min_iters, max_s)
 
     def progress(detail):
@@ -80,22 +85,25 @@ def bench(models_, compare_run, verify_run, target, batches, threads, inputs, wa
             err.print(f"wrote {what}: {path}", highlight=False)
 
 
-def _verify(run: Path, target: str | None, out_path: Path | None, as_json: bool) -> None:
+def _verify(run: Path, target: str | None, sustain_s: float, out_path: Path | None, as_json: bool) -> None:
     """The certificate's verdict measured again: one line, exit 1 when it no longer holds."""
     import sys
 
+    from deploy.bench import sustained_line
     from edgekd.bench.verify import verify_run
     from edgekd.io import write_json
 
     def progress(step, detail):
         err.print(f"[cyan]{step:>8}[/] {detail}", highlight=False, soft_wrap=True)
 
-    doc = verify_run(run, target, progress)
+    doc = verify_run(run, target, progress, sustain_s)
     if out_path:
         write_json(out_path, doc)
         err.print(f"wrote json: {out_path}", highlight=False)
     if as_json:
         click.echo(json.dumps(doc, indent=2))
+    for role, sustained in (doc["sustained"] or {}).items():
+        err.print(f"{role}: {sustained_line(sustained)}", highlight=False, soft_wrap=True)
     if doc["holds"]:
         # with --json, stdout holds the document alone
         (err if as_json else out).print(f"[green]verified:[/] {doc['summary']}", highlight=False, soft_wrap=True)

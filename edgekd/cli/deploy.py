@@ -10,6 +10,7 @@ import click
 
 from edgekd.cli.common import err, harness_settings, measure_options, out
 from edgekd.cli.tables import deploy_table
+from edgekd.errors import EdgeKDError
 
 
 @click.command()
@@ -30,24 +31,29 @@ from edgekd.cli.tables import deploy_table
 @click.option("--bwlimit", type=int, default=None, metavar="KIB_S", help="Cap the transfer rate (KiB/s).")
 @click.option("--connect-timeout", type=int, default=20, show_default=True, help="Seconds to wait for ssh to connect.")
 @measure_options
+@click.option("--sustain", "sustain_s", type=float, default=0.0, metavar="SECONDS",
+              help="Then run each model this long at the largest batch and report the drift (thermal steady state).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results document to stdout.")
 def deploy(run_dir, target, backend, remote_python, remote_dir, batches, threads, providers, precision,
            models_, ssh_config, transfer, bwlimit, connect_timeout, warmup_s, warmup_iters, min_s,
-           min_iters, max_s, as_json):
+           min_iters, max_s, sustain_s, as_json):
     """Ship a run to a device, check accuracy and measure latency there, bring the results back.
 
     The bundle is verified by checksum on the device before anything in it runs; results go to
     RUN_DIR/bench-<target>.json (schema edgekd.run-bench).
     """
+    from deploy.bench import sustained_line
     from edgekd.pipeline.standalone import open_run
     from edgekd.ship import DeployOptions, deploy_run
 
+    if sustain_s < 0:
+        raise EdgeKDError(f"--sustain {sustain_s:g}: give the seconds to run each model, or 0 for none")
     opts = DeployOptions(
         target=target, backend=backend, remote_python=remote_python, remote_dir=remote_dir,
         batch_sizes=list(batches) or [1, 8, 64], threads=threads, providers=list(providers) or None,
         precision=precision, models=list(models_) or None,
         ssh_config=str(ssh_config) if ssh_config else None, transfer=transfer, bwlimit_kbps=bwlimit,
-        connect_timeout_s=connect_timeout,
+        connect_timeout_s=connect_timeout, sustain_s=sustain_s,
         settings=harness_settings(warmup_s, warmup_iters, min_s, min_iters, max_s))
 
     def progress(step, detail):
@@ -71,6 +77,10 @@ def deploy(run_dir, target, backend, remote_python, remote_dir, batches, threads
             for rt, rs in zip(t["results"], s["results"], strict=True):
                 out.print(f"teacher/student{prec} at batch {rt['batch_size']}: "
                           f"{rt['latency_ms']['p50'] / rs['latency_ms']['p50']:.2f}x (p50)", highlight=False)
+    for key, m in sorted(models.items()):
+        line = sustained_line(m.get("sustained"))
+        if line:
+            out.print(f"{key}: {line}", highlight=False, soft_wrap=True)
     for key, m in sorted(models.items()):
         agreement = m["accuracy"].get("agreement")
         if agreement is not None and agreement < 99.0:

@@ -67,6 +67,7 @@ class DeployOptions:
     bwlimit_kbps: int | None = None
     connect_timeout_s: int = 20
     settings: MeasureSettings = field(default_factory=MeasureSettings)
+    sustain_s: float = 0.0  # > 0: each model then runs this long at the largest batch
 
 
 @dataclass
@@ -295,6 +296,8 @@ def run_command(python: str, bundle_dir: str, result_path: str, opts: DeployOpti
             "--max-s", repr(s.max_s), "--max-iters", str(s.max_iters)]
     for b in opts.batch_sizes:
         argv += ["--batch", str(b)]
+    if opts.sustain_s:
+        argv += ["--sustain", repr(float(opts.sustain_s))]
     for m in opts.models or []:
         argv += ["--model", m]
     if opts.backend == "onnxruntime":
