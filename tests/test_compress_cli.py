@@ -324,7 +324,8 @@ def test_auxiliary_teacher_bridges_the_warmup_and_teaches_stage_2(tmp_path, monk
     assert widths == [240, 160]
     report = json.loads((out / "report.json").read_text())
     assert report["student"]["training"]["teacher"] == "aux_teacher.pt"
-    assert report["student"]["epochs"] == {"warmup": 1, "distill": 1, "total": 2}
+    assert report["student"]["epochs"] == {"warmup": 1, "distill": 1, "total": 2, "warmup_per_layer": [1],
+                                           "warmup_rule": "share 0.2 of 2 epochs"}
 
 
 def test_auxiliary_teacher_for_the_warmup_only_keeps_the_teacher_for_stage_2(tmp_path):
