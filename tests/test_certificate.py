@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -19,25 +20,38 @@ from tests.test_selection import BUDGET_RUN
 CERT_SETTINGS = MeasureSettings(warmup_s=0, warmup_iters=3, min_s=0, min_iters=40, max_s=600)
 
 
-@pytest.fixture(autouse=True)
-def _fast(monkeypatch, tmp_path):
+def _fast_settings(mp) -> None:
     import edgekd.selection.measure as measure
     import edgekd.selection.select as select
 
-    monkeypatch.setattr(measure, "SELECT_SETTINGS", CERT_SETTINGS)
-    monkeypatch.setattr(select, "SELECT_SETTINGS", CERT_SETTINGS)
+    mp.setattr(measure, "SELECT_SETTINGS", CERT_SETTINGS)
+    mp.setattr(select, "SELECT_SETTINGS", CERT_SETTINGS)
+
+
+@pytest.fixture(autouse=True)
+def _fast(monkeypatch, tmp_path):
+    _fast_settings(monkeypatch)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the local target's bundles folder
 
 
-@pytest.fixture
-def certified(tmp_path):
+@pytest.fixture(scope="module")
+def certified_once(tmp_path_factory):
     """A run whose resnet8_cifar_w0.5 student is certified 1.5x faster than its teacher
     (mbv2_cifar_w0.25 at 16x16: about 2.5x the MACs, with depthwise convolutions)."""
-    out = tmp_path / "run"
-    r = CliRunner().invoke(cli, [*BUDGET_RUN, "--speedup", "1.5", "--set",
-                                 "budget.candidates=resnet8_cifar_w0.5", "--out", str(out)])
+    base = tmp_path_factory.mktemp("certified")
+    with pytest.MonkeyPatch.context() as mp:
+        _fast_settings(mp)
+        mp.setenv("HOME", str(base / "home"))
+        r = CliRunner().invoke(cli, [*BUDGET_RUN, "--speedup", "1.5", "--set",
+                                     "budget.candidates=resnet8_cifar_w0.5", "--out", str(base / "run")])
     assert r.exit_code == 0, r.output
-    return out
+    return base / "run"
+
+
+@pytest.fixture
+def certified(certified_once, tmp_path):
+    """A copy of the certified run that a test may tamper with."""
+    return Path(shutil.copytree(certified_once, tmp_path / "run", symlinks=True))
 
 
 def _verify(run, *extra):
