@@ -71,6 +71,9 @@ def test_verify_holds_on_its_run_and_fails_once_the_student_is_swapped_for_a_slo
     doc = json.loads((tmp_path / "v.json").read_text())
     assert doc["holds"] is True and doc["changed_files"] == [] and (certified / doc["results"]).is_file()
 
+    r = _verify(certified, "--sustain", "-1")  # refused by deploy's option check, before any run
+    assert r.exit_code == 2 and "--sustain -1: give the seconds" in r.stderr
+
     # The student swapped for the teacher's model: the same speed as the teacher, not 1.5x.
     shutil.copyfile(certified / "teacher.onnx", certified / "student.onnx")
     r = _verify(certified)

@@ -50,8 +50,6 @@ def bench(models_, compare_run, verify_run, target, sustain_s, batches, threads,
         if given:
             raise EdgeKDError(f"--verify measures as its certificate says: drop --{given[0].replace('_', '-')}"
                               .replace("--batches", "--batch"))
-        if sustain_s < 0:
-            raise EdgeKDError(f"--sustain {sustain_s:g}: give the seconds to run each model, or 0 for none")
         return _verify(verify_run, target, sustain_s, out_path, as_json)
     if target is not None or sustain_s:
         raise EdgeKDError("--target and --sustain go with --verify RUN_DIR: edgekd deploy measures a run "

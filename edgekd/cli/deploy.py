@@ -10,7 +10,6 @@ import click
 
 from edgekd.cli.common import err, harness_settings, measure_options, out
 from edgekd.cli.tables import deploy_table
-from edgekd.errors import EdgeKDError
 
 
 @click.command()
@@ -46,8 +45,6 @@ def deploy(run_dir, target, backend, remote_python, remote_dir, batches, threads
     from edgekd.pipeline.standalone import open_run
     from edgekd.ship import DeployOptions, deploy_run
 
-    if sustain_s < 0:
-        raise EdgeKDError(f"--sustain {sustain_s:g}: give the seconds to run each model, or 0 for none")
     opts = DeployOptions(
         target=target, backend=backend, remote_python=remote_python, remote_dir=remote_dir,
         batch_sizes=list(batches) or [1, 8, 64], threads=threads, providers=list(providers) or None,

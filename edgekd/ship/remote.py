@@ -447,6 +447,8 @@ def _check_options(opts: DeployOptions) -> None:
         raise ShipError(f"--batch must be >= 1, got {list(opts.batch_sizes)}")
     if opts.backend == "tensorrt" and (opts.threads or opts.providers):
         raise ShipError("--threads and --provider apply to --backend onnxruntime only")
+    if opts.sustain_s < 0:
+        raise ShipError(f"--sustain {opts.sustain_s:g}: give the seconds to run each model, or 0 for none")
 
 
 def _source(name: str) -> str:
