@@ -104,3 +104,34 @@ def test_the_teacher_runs_only_as_far_as_the_active_layer():
         with FeatureTap(teacher, ["body.features.10"]) as tap:
             teacher(x)
     assert torch.equal(out, tap["body.features.10"]) and calls == [1]
+
+
+def test_a_student_at_a_lower_input_size_pairs_by_stride_and_mimics_the_pooled_teacher():
+    """A student that downscales 16 px images to 12 inside: its stages pair with the teacher's
+    of the same total stride, and each warm-up target is the pruned teacher map average-pooled
+    to the student's resolution (without the pooling the MSE would not even broadcast)."""
+    import torch.nn.functional as F
+
+    from edgekd.distill.hooks import FeatureTap, forward_until
+
+    torch.manual_seed(0)
+    teacher = create_model("mbv2_cifar", 10).eval()
+    student = create_model("resnet8_cifar_w0.5", 10, input_size=12)
+    pairs = build_mapping(student, teacher, auto_mapping(student, teacher), 16)
+    assert [p.size for p in pairs] == [(12, 12), (6, 6), (3, 3)]
+    same = build_mapping(create_model("resnet8_cifar_w0.5", 10), teacher,
+                         auto_mapping(create_model("resnet8_cifar_w0.5", 10), teacher), 16)
+    assert [p.teacher for p in pairs] == [p.teacher for p in same]  # the same stages, by stride
+    obj = InDistillObjective(teacher, pairs)
+    obj.set_epoch(obj.spans[1][0])  # the second layer: 6x6 against the teacher's 8x8
+    x = torch.rand(4, 3, 16, 16)
+    loss, _ = obj(student, x, None, None)
+    with torch.no_grad(), FeatureTap(student, [pairs[1].student]) as tap:
+        student(x)
+        target = forward_until(teacher, pairs[1].teacher, x).index_select(1, obj.kept[1])
+    assert target.shape[-1] == 8
+    expected = F.mse_loss(tap[pairs[1].student], F.adaptive_avg_pool2d(target, 6))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    loss.backward()
+    grads = [p.grad for p in student.body.layer2.parameters()]
+    assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0

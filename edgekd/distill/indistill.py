@@ -9,10 +9,17 @@ Decisions where the authors' public code was sloppy (docs/methods.md, InDistill)
   teacher stays in eval mode (the public code left BN in train mode).
 - One optimizer for the whole warm-up (the public code re-created Adam every epoch).
 - The pruned teacher is not fine-tuned (as in the paper).
+
+Beyond the paper: a student that computes at a lower input size than its teacher (it
+downscales inside, `Classifier.input_size`) pairs layers by total stride instead of by equal
+spatial size, and the pruned teacher's map is average-pooled to the student's resolution
+before the MSE, as the AT and FitNet terms already compare maps (edgekd.distill.losses). At
+equal input sizes nothing changes.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -71,6 +78,13 @@ def _shapes(model: nn.Module, paths: list[str], input_size: int) -> dict[str, to
     return {p: tap[p].shape for p in paths}
 
 
+def _level(shape: torch.Size, model: nn.Module, input_size: int) -> int:
+    """The total stride of a feature map as a power of two, from the size `model` computes at
+    (a downscaling student's own, else `input_size`)."""
+    computes_at = getattr(model, "input_size", None) or input_size
+    return round(math.log2(computes_at / shape[-1]))
+
+
 def stage_outputs(model: nn.Module) -> tuple[tuple[str, ...], str | None]:
     """The stage outputs a model family declares (`stage_paths`, as paths from `model`) and
     its layout ("mbv2": stages pair by position); () and None when it declares none."""
@@ -121,7 +135,8 @@ def auto_mapping(student: nn.Module, teacher: nn.Module, max_layers: int = 3,
     for s in s_paths:
         ss = s_shapes[s]
         fits = [t for t in t_paths if len(t_shapes[t]) == 4 and len(ss) == 4
-                and t_shapes[t][-2:] == ss[-2:] and t_shapes[t][1] >= ss[1]]
+                and _level(t_shapes[t], teacher, input_size) == _level(ss, student, input_size)
+                and t_shapes[t][1] >= ss[1]]
         if fits:
             best = min(fits, key=lambda t: (t_shapes[t][1], -t_paths.index(t)))
             if not pairs or t_paths.index(best) > t_paths.index(pairs[-1][1]):
@@ -131,15 +146,16 @@ def auto_mapping(student: nn.Module, teacher: nn.Module, max_layers: int = 3,
             return ", ".join(f"{p} {shapes[p][1]}x{shapes[p][-1]}" for p in paths
                              if len(shapes[p]) == 4)
         raise MappingError(
-            "no teacher/student layers can be mapped for InDistill (no stage of equal spatial "
-            f"size where the teacher is at least as wide): student {listing(s_paths, s_shapes)}; "
+            "no teacher/student layers can be mapped for InDistill (no stage of equal stride "
+            f"where the teacher is at least as wide): student {listing(s_paths, s_shapes)}; "
             f"teacher {listing(t_paths, t_shapes)} (channels x size); {fix}, or use a wider teacher")
     return _spread(pairs, max_layers)
 
 
 def build_mapping(student: nn.Module, teacher: nn.Module, pairs: list[tuple[str, str]],
                   input_size: int) -> list[LayerPair]:
-    """Check the pairs exist and have equal spatial sizes; record their widths."""
+    """Check the pairs exist and have equal total strides (equal spatial sizes unless the
+    student computes at a lower input size); record their widths."""
     if not pairs:
         raise MappingError("indistill needs at least one mapped layer pair")
     s_shapes = _shapes(student, [s for s, _ in pairs], input_size)
@@ -149,7 +165,7 @@ def build_mapping(student: nn.Module, teacher: nn.Module, pairs: list[tuple[str,
         ss, ts = s_shapes[s], t_shapes[t]
         if len(ss) != 4 or len(ts) != 4:
             raise MappingError(f"InDistill maps feature maps (N, C, H, W); {s} or {t} is not one")
-        if ss[-2:] != ts[-2:]:
+        if _level(ss, student, input_size) != _level(ts, teacher, input_size):
             raise MappingError(
                 f"spatial sizes of {s} {tuple(ss[-2:])} and {t} {tuple(ts[-2:])} differ: map "
                 "layers of equal resolution"
@@ -248,5 +264,8 @@ class InDistillObjective:
         with torch.no_grad():  # the teacher runs only as far as the active layer
             target = forward_until(self.teacher, pair.teacher, x)
         target = target.index_select(1, self.kept[self.active])
-        loss = F.mse_loss(s_tap[pair.student].float(), target.float())
+        mine = s_tap[pair.student]
+        if target.shape[-2:] != mine.shape[-2:]:  # a student at a lower input size
+            target = F.adaptive_avg_pool2d(target, mine.shape[-2:])
+        loss = F.mse_loss(mine.float(), target.float())
         return loss, logits
