@@ -76,7 +76,13 @@ def run_bundle(
         model_precision = entry.get("precision", "fp32")
         engine = None
         if backend == "tensorrt":
-            trt_precision = "int8" if model_precision == "int8" else precision
+            # an entry may name its own build precision (the selection measures FP32 and
+            # FP16 builds of one file in one bundle); a Q/DQ model builds as INT8
+            trt_precision = ("int8" if model_precision == "int8"
+                             else entry.get("trt_precision") or precision)
+            if trt_precision not in TRT_PRECISIONS:
+                raise DeployError("model %s asks for TensorRT precision %r: use one of %s"
+                                  % (key, trt_precision, ", ".join(TRT_PRECISIONS)))
             if trt_precision == "int8" and model_precision != "int8" and calib_dir is None:
                 raise DeployError("--precision int8 for the FP32 model %s needs a calibration set in "
                                   "the bundle: quantize the run (edgekd quantize) or use fp16" % key)

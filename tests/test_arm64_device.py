@@ -101,7 +101,8 @@ def test_deploy_to_the_arm64_device(tiny_run, tmp_path):
 def test_select_on_the_arm64_device(tmp_path):
     r = CliRunner().invoke(cli, ["select", "--target", ALIAS, "--ssh-config", str(RIG / "ssh_config"),
                                  "--speedup", "4", "--budget-batch", "1", "--input-size", "16",
-                                 "--candidates", "resnet8_cifar_w0.5", "--remote-dir", "edgekd-test-bundles",
+                                 "--candidates", "resnet8_cifar_w0.5", "--budget-precision", "fp32",
+                                 "--budget-input-sizes", "16", "--remote-dir", "edgekd-test-bundles",
                                  "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "select")],
                            catch_exceptions=False)
     assert r.exit_code == 0, r.output

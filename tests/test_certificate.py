@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from deploy.harness import MeasureSettings
 from edgekd.cli import cli
 from edgekd.selection.certificate import differences
-from tests.test_selection import BUDGET_RUN
+from tests.test_selection import BUDGET_RUN, ONE_COMBINATION_EACH
 
 # Sub-millisecond models: 40 timed runs cost little, and unlike 5 (whose median's interval is
 # their min to max) they keep one preempted run from deciding the verdict.
@@ -42,7 +42,7 @@ def certified_once(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         _fast_settings(mp)
         mp.setenv("HOME", str(base / "home"))
-        r = CliRunner().invoke(cli, [*BUDGET_RUN, "--speedup", "1.5", "--set",
+        r = CliRunner().invoke(cli, [*BUDGET_RUN, *ONE_COMBINATION_EACH, "--speedup", "1.5", "--set",
                                      "budget.candidates=resnet8_cifar_w0.5", "--out", str(base / "run")])
     assert r.exit_code == 0, r.output
     return base / "run"

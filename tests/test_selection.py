@@ -23,6 +23,9 @@ from tests import sshd
 CANDIDATES = "resnet8_cifar_w0.5,mbv2_cifar_d0.25_w0.35,mbv2_cifar_trunc13"
 TEACHER = "mbv2_cifar_w0.25"
 SELECT = ["select", "--input-size", "16", "--candidates", CANDIDATES, "--teacher-arch", TEACHER]
+# One precision and one size: the tests of plumbing, cache and final check measure 4 models,
+# not the 12 of the whole search (tested on its own below).
+ONE_AXIS = ["--budget-precision", "fp32", "--budget-input-sizes", "16"]
 
 
 def _one_line_error(r, *needles):
@@ -71,7 +74,7 @@ def test_select_over_an_ssh_alias_writes_table_json_and_plot_then_measures_nothi
     device, cache, out = tmp_path / "device", tmp_path / "cache", tmp_path / "select"
     argv = [*SELECT, "--target", sshd.ALIAS, "--ssh-config", str(server.config), "--remote-dir",
             str(device), "--remote-python", sys.executable, "--cache-dir", str(cache), "--out", str(out),
-            "--latency-budget", "1000"]
+            "--latency-budget", "1000", *ONE_AXIS]
     first = CliRunner().invoke(cli, argv)
     assert first.exit_code == 0, first.output
     doc = json.loads((out / "select.json").read_text())
@@ -111,19 +114,19 @@ def test_an_unreachable_target_is_the_one_line_error_of_deploy(server, tmp_path)
 
 def test_a_budget_no_candidate_meets_names_the_fastest_and_what_would_help(tmp_path):
     r = CliRunner().invoke(cli, [*SELECT, "--latency-budget", "0.001", "--cache-dir", str(tmp_path / "c"),
-                                 "--out", str(tmp_path / "s"), "--remote-dir", str(tmp_path / "d")])
-    last = _one_line_error(r, "no candidate meets 0.001 ms", "the fastest", "--budget-precision int8",
-                           "smaller --budget-batch", "lower --input-size")
+                                 "--out", str(tmp_path / "s"), "--remote-dir", str(tmp_path / "d"), *ONE_AXIS])
+    last = _one_line_error(r, "no candidate meets 0.001 ms", "the nearest", "--budget-precision auto",
+                           "smaller --budget-batch", "a larger budget")
     doc = json.loads((tmp_path / "s" / "select.json").read_text())
     fastest = min(doc["candidates"], key=lambda row: row["value_ms"])
-    assert fastest["arch"] in last and doc["chosen"] is None
+    assert fastest["key"] in last and doc["chosen"] is None
     assert not any(row["fits"] for row in doc["candidates"])
 
 
 def test_int8_candidates_are_measured_and_cached_apart_from_fp32_ones(tmp_path):
     base = ["select", "--input-size", "16", "--candidates", "resnet8_cifar_w0.5", "--teacher-arch", TEACHER,
             "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "s"), "--remote-dir",
-            str(tmp_path / "d"), "--latency-budget", "1000"]
+            str(tmp_path / "d"), "--latency-budget", "1000", "--budget-input-sizes", "16"]
     r = CliRunner().invoke(cli, [*base, "--budget-precision", "int8"])
     assert r.exit_code == 0, r.output
     doc = json.loads((tmp_path / "s" / "select.json").read_text())
@@ -132,7 +135,7 @@ def test_int8_candidates_are_measured_and_cached_apart_from_fp32_ones(tmp_path):
     assert (tmp_path / "s" / "work" / "models" / "resnet8_cifar_w0.5.int8.onnx").is_file()
     assert doc["measured"] == 2
     # FP32 of the same candidate is another measurement; the FP32 teacher is the same one.
-    r = CliRunner().invoke(cli, base)
+    r = CliRunner().invoke(cli, [*base, "--budget-precision", "fp32"])
     assert r.exit_code == 0, r.output
     doc = json.loads((tmp_path / "s" / "select.json").read_text())
     assert doc["candidates"][0]["precision"] == "fp32" and (doc["measured"], doc["cached"]) == (1, 1)
@@ -144,6 +147,8 @@ def test_int8_candidates_are_measured_and_cached_apart_from_fp32_ones(tmp_path):
     (["--latency-budget", "-3"], "--latency-budget must be > 0"),
     (["--speedup", "0.5"], "--speedup must be >= 1"),
     (["--speedup", "2", "--latency-budget", "4"], "pass one of them"),
+    (["--speedup", "2", "--budget-precision", "fp16"], "--budget-precision fp16: onnxruntime has no fp16"),
+    (["--speedup", "2", "--budget-input-sizes", "40"], "--budget-input-sizes 40 is above the run's input size 16"),
 ])
 def test_impossible_budgets_are_refused_before_anything_is_measured(tmp_path, args, needle):
     r = CliRunner().invoke(cli, [*SELECT, *args, "--out", str(tmp_path / "s")])
@@ -151,8 +156,8 @@ def test_impossible_budgets_are_refused_before_anything_is_measured(tmp_path, ar
     assert not (tmp_path / "s").exists()
 
 
-def _record(arch, macs, p50, hi, params=1000):
-    return {"arch": arch, "macs": macs, "params": params,
+def _record(arch, macs, p50, hi, params=1000, precision="fp32", size=16):
+    return {"arch": arch, "macs": macs, "params": params, "precision": precision, "input_size": size,
             "latency_ms": {"p50": p50, "p90": p50 * 1.1, "median_ci95": [p50 * 0.98, hi]}}
 
 
@@ -214,12 +219,13 @@ BUDGET_RUN = [
     "--set", "bench.min_s=0", "--set", "bench.warmup_s=0", "--set", "bench.min_iters=3",
     "--set", "bench.batch_sizes=1,8", "--budget-batch", "8",
 ]
+ONE_COMBINATION_EACH = [*ONE_AXIS, "--select-epochs", "0"]
 
 
 def test_compress_with_a_latency_budget_chooses_checks_on_the_target_and_reports(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the local target's bundles folder
     out = tmp_path / "run"
-    r = CliRunner().invoke(cli, [*BUDGET_RUN, "--latency-budget", "1000", "--out", str(out)])
+    r = CliRunner().invoke(cli, [*BUDGET_RUN, *ONE_COMBINATION_EACH, "--latency-budget", "1000", "--out", str(out)])
     assert r.exit_code == 0, r.output
     report = json.loads((out / "report.json").read_text())
     b = report["budget"]
@@ -240,7 +246,8 @@ def test_compress_with_a_latency_budget_chooses_checks_on_the_target_and_reports
 
     # Resumed: the selection and the check are skipped, the run's own files reopen with the
     # chosen student (edgekd export).
-    again = CliRunner().invoke(cli, [*BUDGET_RUN, "--latency-budget", "1000", "--out", str(out), "--resume"])
+    again = CliRunner().invoke(cli, [*BUDGET_RUN, *ONE_COMBINATION_EACH, "--latency-budget", "1000",
+                                     "--out", str(out), "--resume"])
     assert again.exit_code == 0, again.output
     assert "select skip" in " ".join(again.stderr.split())
     exported = CliRunner().invoke(cli, ["export", str(out), "--json"])
@@ -264,18 +271,18 @@ def test_a_final_student_over_its_budget_fails_the_run_loudly_with_the_report_wr
 
     monkeypatch.setattr(remote, "deploy_run", slower_student)
     out = tmp_path / "run"
-    r = CliRunner().invoke(cli, [*BUDGET_RUN, "--latency-budget", "500", "--out", str(out)])
+    r = CliRunner().invoke(cli, [*BUDGET_RUN, *ONE_COMBINATION_EACH, "--latency-budget", "500", "--out", str(out)])
     last = _one_line_error(r, "the final student mbv2_cifar_trunc13 measures", "over its budget of 500 ms")
     assert "choose a smaller student" in last
     assert "--resume to measure again" in last
     report = json.loads((out / "report.json").read_text())
     assert report["budget"]["holds"] is False and report["budget"]["final"]["margin_ms"] < 0
     # A resume measures again (the failure is not recorded as done) and fails again here...
-    again = CliRunner().invoke(cli, [*BUDGET_RUN, "--latency-budget", "500", "--out", str(out), "--resume"])
+    again = CliRunner().invoke(cli, [*BUDGET_RUN, *ONE_COMBINATION_EACH, "--latency-budget", "500", "--out", str(out), "--resume"])
     _one_line_error(again, "over its budget")
     # ... and, on a device back to its speed, the measured pass is recorded.
     monkeypatch.setattr(remote, "deploy_run", real)
-    quiet = CliRunner().invoke(cli, [*BUDGET_RUN, "--latency-budget", "500", "--out", str(out), "--resume"])
+    quiet = CliRunner().invoke(cli, [*BUDGET_RUN, *ONE_COMBINATION_EACH, "--latency-budget", "500", "--out", str(out), "--resume"])
     assert quiet.exit_code == 0, quiet.output
     assert json.loads((out / "report.json").read_text())["budget"]["holds"] is True
 
@@ -283,27 +290,104 @@ def test_a_final_student_over_its_budget_fails_the_run_loudly_with_the_report_wr
 def test_a_budget_no_candidate_meets_in_compress_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     out = tmp_path / "run"
-    r = CliRunner().invoke(cli, [*BUDGET_RUN, "--latency-budget", "0.0001", "--out", str(out)])
-    _one_line_error(r, "no candidate meets 0.0001 ms", "the fastest")
+    r = CliRunner().invoke(cli, [*BUDGET_RUN, *ONE_COMBINATION_EACH, "--latency-budget", "0.0001",
+                                 "--out", str(out)])
+    _one_line_error(r, "no candidate meets 0.0001 ms", "the nearest")
     assert not out.exists()
     # A candidate the method cannot train is left out before anything is measured: AT needs
     # MobileNetV2 stage layers, which a ResNet has not.
-    r = CliRunner().invoke(cli, [*BUDGET_RUN, "--method", "kd+at", "--latency-budget", "1000",
+    r = CliRunner().invoke(cli, [*BUDGET_RUN, *ONE_COMBINATION_EACH, "--method", "kd+at", "--latency-budget", "1000",
                                  "--set", "budget.candidates=resnet8_cifar_w0.5", "--out", str(out)])
     _one_line_error(r, "no candidate can be trained with kd+at", "resnet8_cifar_w0.5")
     assert not out.exists()
 
 
-def test_select_epochs_trains_the_fitting_candidates_and_keeps_the_best_val_accuracy(tmp_path, monkeypatch):
+def test_compress_searches_precision_and_size_ranks_by_the_proxy_and_holds(tmp_path, monkeypatch):
+    """The budget solver in small: 2 candidates x fp32/int8 x 16/12 px measured in one bundle
+    and listed; INT8 that measures slower than FP32 is never an option; the accuracy proxy
+    trains the options and its best is the choice; the run trains that architecture at that
+    size and the final check, an independent measurement, holds."""
+    from edgekd.train.checkpoint import load_model
+
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     out = tmp_path / "run"
     r = CliRunner().invoke(cli, [*BUDGET_RUN, "--latency-budget", "1000", "--select-epochs", "1",
                                  "--no-bench", "--out", str(out)])
     assert r.exit_code == 0, r.output
     sel = json.loads((out / "select" / "select.json").read_text())
-    trial = sel["trial"]
-    assert set(trial) == {"resnet8_cifar_w0.5", "mbv2_cifar_trunc13"}
-    assert sel["chosen"] == max(trial, key=trial.get) and "validation" in sel["chosen_by"]
+    assert sel["axes"]["precisions"] == ["fp32", "int8"] and sel["axes"]["input_sizes"] == [16, 12]
+    archs = ("resnet8_cifar_w0.5", "mbv2_cifar_trunc13")
+    assert {row["key"] for row in sel["candidates"]} == {
+        a + s + p for a in archs for s in ("", ".12px") for p in ("", ".int8")}
+    assert sel["measured"] + sel["cached"] == 9  # the 8 and the teacher
+    rows = {row["key"]: row for row in sel["candidates"]}
+    for row in rows.values():
+        if row["precision"] == "int8":
+            fp32 = rows[row["key"].removesuffix(".int8")]
+            assert (row["excluded"] is not None) == (row["value_ms"] >= fp32["value_ms"])
+            assert not row["option"]  # the FP32 of the same pair fits 1 s: it is preferred
+    options = [row for row in sel["candidates"] if row["option"]]
+    assert sorted(o["key"] for o in options) == sorted(a + s for a in archs for s in ("", ".12px"))
+    assert [o["macs"] for o in options] == sorted((o["macs"] for o in options), reverse=True)
+    scores = sel["proxy"]["scores"]
+    assert set(scores) == {o["key"] for o in options} and sel["proxy"]["epochs"] == 1
+    best = max(options, key=lambda o: (scores[o["key"]], o["macs"]))
+    assert sel["choice"] == {"key": best["key"], "arch": best["arch"], "input_size": best["input_size"],
+                             "precision": "fp32"} and "validation" in sel["chosen_by"]
     report = json.loads((out / "report.json").read_text())
-    assert report["student"]["arch"] == sel["chosen"] == report["budget"]["selection"]["chosen"]
+    assert report["student"]["arch"] == best["arch"] == report["budget"]["selection"]["chosen"]
+    student, _ = load_model(out / "student.pt")
+    assert (student.input_size or 16) == best["input_size"]
+    final = report["budget"]["final"]
+    assert final["input_size"] == best["input_size"] and final["precision"] == "fp32"
     assert report["budget"]["holds"] is True  # checked without the bench stage's samples too
+
+
+def test_an_int8_choice_exports_int8_and_the_final_check_measures_it(tmp_path, monkeypatch):
+    """--budget-precision int8 (no --int8 needed): the run quantizes its student and holds the
+    INT8 file to the budget."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli, [*BUDGET_RUN, "--latency-budget", "1000", "--budget-precision", "int8",
+                                 "--budget-input-sizes", "16", "--select-epochs", "0", "--no-bench",
+                                 "--set", "budget.candidates=resnet8_cifar_w0.5", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    sel = json.loads((out / "select" / "select.json").read_text())
+    assert sel["choice"]["key"] == "resnet8_cifar_w0.5.int8"
+    final = json.loads((out / "report.json").read_text())["budget"]["final"]
+    assert final["precision"] == "int8" and (out / "student.int8.onnx").is_file()
+    bench = json.loads((out / final["results"]).read_text())
+    assert set(bench["models"]) == {"teacher", "student.int8"}
+
+
+def _row(key, arch, macs, p50, precision="fp32", size=16):
+    return _record(arch, macs, p50, p50 * 1.02, precision=precision, size=size)
+
+
+def test_rank_keeps_the_most_accurate_precision_that_fits_and_never_one_slower_than_fp32():
+    records = {
+        # FP32 fits: INT8, though faster, is not the option (FP32 is the more accurate)
+        "a": _row("a", "a", 9e6, 3.0), "a.int8": _row("a.int8", "a", 9e6, 2.0, "int8"),
+        # FP32 is over, INT8 fits: INT8 is the option
+        "b": _row("b", "b", 8e6, 9.0), "b.int8": _row("b.int8", "b", 8e6, 4.0, "int8"),
+        # INT8 slower than FP32: never an option, though it fits
+        "c.12px": _row("c.12px", "c", 7e6, 2.0, size=12),
+        "c.12px.int8": _row("c.12px.int8", "c", 7e6, 2.5, "int8", size=12),
+    }
+    rows = rank(records, Budget(latency_ms=5.0, margin=0.05), 5.0)
+    by = {r["key"]: r for r in rows}
+    assert [r["key"] for r in rows if r["option"]] == ["a", "b.int8", "c.12px"]
+    assert not by["a.int8"]["option"] and by["a.int8"]["fits"] and by["a.int8"]["excluded"] is None
+    assert by["c.12px.int8"]["fits"] and "slower than fp32" in by["c.12px.int8"]["excluded"]
+    assert [r["key"] for r in rows[:3]] == ["a", "b.int8", "c.12px"]
+
+
+def test_no_fit_names_the_nearest_and_the_input_size_that_would_help():
+    from edgekd.selection.select import no_fit_message
+
+    records = {"resnet8_cifar": _row("resnet8_cifar", "resnet8_cifar", 1e6, 4.0, size=32)}
+    rows = rank(records, Budget(latency_ms=2.0, batch=1, precision="fp32"), 2.0)
+    msg = no_fit_message(Budget(latency_ms=2.0, batch=1, precision="fp32"), 2.0, rows, "local", 32)
+    # 2.0 x 0.95 / 4.08 of the pixels: about 21 px a side
+    assert "the nearest, resnet8_cifar, measures 4.08 ms" in msg and "--budget-input-sizes 21" in msg
+    assert "--budget-precision auto" in msg and "--budget-batch" not in msg

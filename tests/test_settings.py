@@ -41,7 +41,7 @@ def test_a_setting_added_in_one_line_reaches_both_commands_checks_and_config_yam
     shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
     budget = copy / "config" / "budget.py"
     text = budget.read_text()
-    anchor = "    select_top: int = setting(3, ge=1)\n"
+    anchor = "    select_images: int = setting(10000, ge=1)  # a stratified subset of the training split\n"
     assert anchor in text
     budget.write_text(text.replace(anchor, anchor + NEW_SETTING))
 
@@ -67,7 +67,7 @@ def test_compress_and_select_take_the_budget_flags_from_one_declaration():
     compress_budget = {f for f, group in SETTINGS.flags.items() if group[0].key.startswith("budget.")}
     assert compress_budget == budget_flags
     # select measures, it does not train: only the training of the top candidates is compress's
-    assert set(BUDGET.flags) == budget_flags - {"--select-epochs"}
+    assert set(BUDGET.flags) == budget_flags - {"--select-epochs", "--select-top"}
     for flag in BUDGET.flags:  # the same help on both commands
         assert BUDGET.flags[flag][0].setting.help == SETTINGS.flags[flag][0].setting.help
 
@@ -118,20 +118,18 @@ def test_each_declared_check_refuses_with_the_setting_named(sets, message):
 RULE_CASES = {
     0: dict(dataset="cifar10", sets=["student.arch=resnet8_cifar", "budget.latency_ms=5"]),
     1: dict(dataset="cifar10", sets=["student.arch=none"]),
-    2: dict(sets=["budget.precision=int8"]),
-    3: dict(sets=["export.enabled=false", "bench.enabled=false"]),
-    4: dict(overrides={"student.arch": "resnet8_cifar"}, sets=["export.enabled=false"]),
-    5: dict(sets=["export.int8_qat_epochs=2"]),
-    6: dict(overrides={"student.arch": "resnet8_cifar"},
+    2: dict(sets=["export.enabled=false", "bench.enabled=false"]),
+    3: dict(overrides={"student.arch": "resnet8_cifar"}, sets=["export.enabled=false"]),
+    4: dict(sets=["export.int8_qat_epochs=2"]),
+    5: dict(overrides={"student.arch": "resnet8_cifar"},
             sets=["export.enabled=false", "bench.enabled=false", "export.int8=true"]),
-    7: dict(sets=["distill.aux_teacher=mbv2_cifar_w0.5"], overrides={"method": "kd"}),
-    8: dict(sets=["distill.indistill_a=0", "distill.indistill_b=0"]),
-    9: dict(overrides={"student.arch": "resnet8_cifar", "method": "kd+at", "student.input_size": 8}),
-    10: dict(overrides={"student.input_size": 8, "method": "kd"}),
-    11: dict(overrides={"student.arch": "resnet8_cifar", "method": "kd+at",
-                        "distill.soft_labels": "cached"}),
-    12: dict(overrides={"method": "student", "distill.soft_labels": "cached"}),
-    13: dict(overrides={"teacher.finetune_epochs": 2}),
+    6: dict(sets=["distill.aux_teacher=mbv2_cifar_w0.5"], overrides={"method": "kd"}),
+    7: dict(sets=["distill.indistill_a=0", "distill.indistill_b=0"]),
+    8: dict(overrides={"student.arch": "resnet8_cifar", "method": "kd+at", "student.input_size": 8}),
+    9: dict(overrides={"student.arch": "resnet8_cifar", "method": "kd+at",
+                       "distill.soft_labels": "cached"}),
+    10: dict(overrides={"method": "student", "distill.soft_labels": "cached"}),
+    11: dict(overrides={"teacher.finetune_epochs": 2}),
 }
 
 
@@ -149,6 +147,16 @@ def test_every_rule_across_settings_fires_on_a_case_of_its_own(monkeypatch):
         with pytest.raises(EdgeKDError) as e:
             build_config(**kwargs)
         assert str(e.value) == RULES[index].message(cfg)
+
+
+def test_a_budget_searches_a_fixed_student_input_size_and_any_precision():
+    """Once refused: a --student-input-size with a budget fixes the size the search measures;
+    InDistill (the digits default) trains a student at a lower size; an INT8 budget no longer
+    needs --int8 spelled out (the run quantizes what the selection chose)."""
+    cfg = build_config(overrides={"student.input_size": 12})
+    assert cfg.budget.active and "indistill" in cfg.methods
+    assert cfg.budget.sizes(16, cfg.student.input_size) == [12]
+    assert build_config(sets=["budget.precision=int8"]).budget.precisions() == ("int8",)
 
 
 def test_flags_imply_what_they_need_and_train_means_no_checkpoint(tmp_path):

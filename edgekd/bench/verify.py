@@ -73,7 +73,8 @@ def verify_run(run_dir: str | Path, target: str | None = None,
     reach = {k: settings.get(k) if same else None for k in ("remote_python", "remote_dir", "ssh_config")}
     opts = DeployOptions(target=target or budget["target"], backend=budget["backend"], **reach,
                          threads=budget.get("threads"),
-                         batch_sizes=[budget["batch"]], precision="fp32",
+                         batch_sizes=[budget["batch"]],
+                         precision="fp16" if budget.get("precision") == "fp16" else "fp32",
                          models=[files["teacher"]["key"], files["student"]["key"]],
                          settings=MeasureSettings(**cert["harness"]["settings"]), sustain_s=sustain_s)
     result = deploy_run(run, opts, progress=progress, results_dir=RESULTS_DIR)

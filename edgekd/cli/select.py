@@ -16,7 +16,7 @@ from edgekd.config.budget import Budget
 from edgekd.config.targets import DEFAULT_TARGET, TARGETS, resolve_opset
 
 # The budget's flags, declared once on edgekd.config.budget.Budget and shared with compress.
-BUDGET = OptionGroup.of(Budget, exclude=("select_epochs", "select_top"),
+BUDGET = OptionGroup.of(Budget, exclude=("select_epochs", "select_top", "select_images"),
                         defaults=section_defaults(("", Budget())))
 
 
@@ -30,7 +30,8 @@ BUDGET = OptionGroup.of(Budget, exclude=("select_epochs", "select_top"),
               help="Opset and IR version of the candidates' ONNX.")
 @click.option("--precision", "trt_precision", type=click.Choice(["fp16", "fp32"]), default="fp16",
               show_default=True,
-              help="TensorRT precision of FP32 models (--backend tensorrt); INT8 candidates build as INT8.")
+              help="TensorRT precision of the teacher, the --speedup reference (--backend tensorrt); "
+                   "candidates build at the precision each combination names.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
               help="Measurement cache (default $EDGEKD_CACHE or ~/.cache/edgekd).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/select"), show_default=True,
@@ -40,8 +41,10 @@ def select(teacher_arch, input_size, num_classes, export_target, trt_precision, 
            **flags):
     """Measure student candidates on the target and pick the one a latency budget allows.
 
-    Every candidate is exported once with random weights (latency does not depend on them) and
-    all are measured in one bundle, through the same ship/verify/run path as `edgekd deploy`.
+    Every combination of candidate, precision (--budget-precision) and input size
+    (--budget-input-sizes) is exported once with random weights (latency does not depend on
+    them) and all are measured in one bundle, through the same ship/verify/run path as
+    `edgekd deploy`.
     Measurements are cached by the target's environment, so a second selection measures
     nothing. Without a budget every candidate is measured and plotted.
     """

@@ -69,25 +69,32 @@ def select_table(doc: dict) -> Table:
 
     b = doc["budget"]
     limit = b.get("limit_ms")
-    title = (f"candidates on {doc['target']['spec']}, batch {b['batch']}, {b['precision']}"
+    title = (f"combinations on {doc['target']['spec']}, batch {b['batch']}"
              + (f": limit {limit:.3g} ms" if limit else ""))
     table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1))
-    for col in ("model", "MACs", "params", "p50 ms", "CI hi", "p90 ms", "fits"):
-        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
+    scores = (doc.get("proxy") or {}).get("scores") or {}
+    cols = ["model", "px", "prec", "MACs", "p50 ms", "CI hi", *(["proxy %"] if scores else []), "fits"]
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("model", "prec") else "right", no_wrap=col != "model")
     rows = list(doc["candidates"])
     if doc.get("teacher"):
         rows.append({**doc["teacher"], "teacher": True})
+    chosen = (doc.get("choice") or {}).get("key")
     for r in rows:
         lat = r["latency_ms"]
+        key = r.get("key", r["arch"])
         mark = "teacher" if r.get("teacher") else (
-            "chosen" if r["arch"] == doc.get("chosen") else ("yes" if r.get("fits") else
-                                                             ("no" if limit else "")))
-        table.add_row(r["arch"] + (" *" if r.get("cached") else ""), f"{r['macs'] / 1e6:.1f}M",
-                      f"{r['params'] / 1e3:.0f}k", f"{lat['p50']:.2f}", f"{lat['median_ci95'][1]:.2f}",
-                      f"{lat['p90']:.2f}", mark)
+            "chosen" if key == chosen else "slower" if r.get("excluded") else
+            ("yes" if r.get("fits") else ("no" if limit else "")))
+        score = scores.get(key)
+        table.add_row(r["arch"] + (" *" if r.get("cached") else ""),
+                      str(r.get("input_size") or doc["input_size"]), r.get("precision", "fp32"),
+                      f"{r['macs'] / 1e6:.1f}M", f"{lat['p50']:.2f}", f"{lat['median_ci95'][1]:.2f}",
+                      *([f"{score:.1f}" if score is not None else ""] if scores else []), mark)
     table.caption = (f"{doc['target'].get('cpu') or ''} {doc['target']['backend']}; CI hi: upper end "
-                     f"of the median's 95 % CI; * = cached ({doc['cached']} cached, "
-                     f"{doc['measured']} measured); ranking: {doc['ranking']}")
+                     f"of the median's 95 % CI; slower: never chosen, slower than fp32 there; "
+                     f"* = cached ({doc['cached']} cached, {doc['measured']} measured); "
+                     f"chosen by: {doc.get('chosen_by') or 'nothing fits'}")
     return table
 
 

@@ -87,7 +87,9 @@ class Rule:
     message: Callable[[RunConfig], str]
 
 
-_SPATIAL = frozenset({"at", "fitnet", "indistill"})
+# Terms whose feature maps must match the teacher's resolution (InDistill pools the teacher's
+# map down to a student at a lower input size: edgekd.distill.indistill).
+_SPATIAL = frozenset({"at", "fitnet"})
 _FEATURE_TERMS = frozenset({"at", "fitnet", "pkt"})
 _TEACHER_TERMS = frozenset({"kd"}) | _FEATURE_TERMS
 RULES = (
@@ -97,8 +99,6 @@ RULES = (
     Rule(lambda c: c.student.arch is None and not c.budget.active,
          lambda c: "no student: pass --student NAME (see `edgekd models`), or a --latency-budget / "
                    "--speedup that chooses one"),
-    Rule(lambda c: c.budget.active and c.budget.precision == "int8" and not c.export.int8,
-         lambda c: "--budget-precision int8 measures the INT8 student: add --int8"),
     Rule(lambda c: c.budget.active and not c.export.enabled,
          lambda c: "a latency budget is checked on the exported student: keep export.enabled"),
     Rule(lambda c: c.bench.enabled and not c.export.enabled,
@@ -114,10 +114,7 @@ RULES = (
                    "use indistill_a >= 0, indistill_b >= 0 and a + b >= 1"),
     Rule(lambda c: c.student.input_size is not None and bool(_SPATIAL & set(c.methods)),
          lambda c: f"--student-input-size: {', '.join(sorted(_SPATIAL & set(c.methods)))} compare feature "
-                   "maps of the teacher's spatial size; use kd, ig or pkt, or drop --student-input-size"),
-    Rule(lambda c: c.student.input_size is not None and c.budget.active,
-         lambda c: "--student-input-size with a latency budget is not supported yet: name the student "
-                   "(--student)"),
+                   "maps of the teacher's spatial size; use kd, ig, pkt or indistill, or drop --student-input-size"),
     Rule(lambda c: c.distill.soft_labels == "cached" and bool(_FEATURE_TERMS & set(c.methods)),
          lambda c: f"--soft-labels cached records the teacher's logits only; "
                    f"{', '.join(sorted(_FEATURE_TERMS & set(c.methods)))} compare feature maps: "

@@ -126,12 +126,14 @@ def frozen_teacher(ctx: Context, name: str = "teacher") -> Classifier:
 
 
 def train_stage(ctx: Context, stage: str, model, train_cfg, objective, key: str,
-                transform: engine.BatchTransform | None = None, evaluate_every_epoch: bool = True):
-    """engine.train for one training stage of the run, resuming from RUN/ckpt/<stage>.state.pt."""
+                transform: engine.BatchTransform | None = None, evaluate_every_epoch: bool = True,
+                train=None):
+    """engine.train for one training stage of the run, resuming from RUN/ckpt/<stage>.state.pt
+    (on `train`, a subset of the training split, when given)."""
     ckpt_dir = ctx.run / "ckpt"
     ckpt_dir.mkdir(exist_ok=True)
     return engine.train(
-        model, ctx.data.train, ctx.data.val, ctx.data.test, train_cfg,
+        model, ctx.data.train if train is None else train, ctx.data.val, ctx.data.test, train_cfg,
         stage=stage, seed=ctx.cfg.seed, device=ctx.device, objective=objective,
         transform=transform or engine.StandardAugment(augment_settings(ctx)),
         state_path=ckpt_dir / f"{stage}.state.pt", metrics_path=ctx.run / METRICS,

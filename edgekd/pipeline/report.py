@@ -67,9 +67,9 @@ def _budget_summary(ctx: Context, teacher: dict, student: dict) -> dict:
         "latency_ms": b.latency_ms, "speedup": b.speedup, "batch": b.batch,
         "percentile": b.percentile, "precision": b.precision, "margin": b.margin,
         "target": b.target, "backend": b.backend,
-        "selection": {k: selection.get(k) for k in ("chosen", "chosen_ms", "teacher_ms", "candidates",
-                                                    "fitting", "left_out", "measured", "cached",
-                                                    "trial", "files")}
+        "selection": {k: selection.get(k) for k in ("chosen", "choice", "chosen_ms", "teacher_ms",
+                                                    "candidates", "fitting", "options", "left_out",
+                                                    "measured", "cached", "trial", "files")}
                      | {"limit_ms": (selection.get("budget") or {}).get("limit_ms")},
         "final": {k: v for k, v in final.items() if k != "certificate"} or None,
         "holds": final.get("holds"),

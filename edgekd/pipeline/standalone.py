@@ -11,6 +11,7 @@ from edgekd.pipeline.rundir import RunDir
 from edgekd.pipeline.stages import data as data_stage
 from edgekd.pipeline.stages import export as export_stage
 from edgekd.pipeline.stages.ig import compute_ig
+from edgekd.pipeline.stages.select import apply_choice
 from edgekd.runfiles import CONFIG
 from edgekd.train import engine
 
@@ -21,13 +22,14 @@ def open_run(run_dir: str | Path) -> Context:
     if not (run / CONFIG).exists():
         raise RunDirError(f"{run_dir} is not an edgekd run directory (no {CONFIG}): pass a run's folder")
     cfg = config_from_dict(run.read_config()["settings"])
-    if cfg.student.arch is None and run.stage_info("select").get("chosen"):
-        # Chosen by the run's latency budget: the reopened run is that student's, its budget
-        # spent (single stages neither select nor check it again).
-        cfg.student.arch = run.stage_info("select")["chosen"]
-        cfg.budget.latency_ms = cfg.budget.speedup = None
+    chosen = cfg.student.arch is None and run.stage_info("select").get("chosen")
     ctx = Context(cfg, run, engine.resolve_device("cpu"))
     data_stage.STAGE(ctx)
+    if chosen:
+        # Chosen by the run's latency budget: the reopened run is that student's (its size and
+        # precision too), its budget spent (single stages neither select nor check it again).
+        apply_choice(cfg, run.stage_info("select"), ctx.data.input_size)
+        cfg.budget.latency_ms = cfg.budget.speedup = None
     return ctx
 
 

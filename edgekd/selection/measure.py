@@ -1,7 +1,11 @@
-"""Measure architectures on a target: export each once with random weights (latency does not
-depend on their values), INT8-quantize them when asked, put every model that the cache does
-not already hold into one bundle, and run that bundle on the target through the same
-probe/ship/verify/run path as `edgekd deploy`."""
+"""Measure combinations on a target: an architecture at a precision and an input size, each
+exported once with random weights (latency does not depend on their values), INT8-quantized
+when asked, every one the cache does not already hold put into one bundle, and that bundle run
+on the target through the same probe/ship/verify/run path as `edgekd deploy`.
+
+A combination at a lower input size than the run's is the model that downscales inside (see
+`edgekd.models.registry.Classifier`), fed the run's images, as it is deployed; FP16 is a
+TensorRT build of the FP32 file."""
 
 from __future__ import annotations
 
@@ -26,6 +30,9 @@ from edgekd.ship.remote import DeployOptions, connect, manifest_bytes, run_on_de
 from edgekd.version import __version__
 
 Progress = Callable[[str, str], None]
+# An architecture, a precision (fp32, fp16, int8) and the size it computes at (None: the
+# run's own input size).
+Item = tuple[str, str, "int | None"]
 
 AGAIN = ".again"  # the bundle key of a bracketed model's second run
 LATENCY_KEYS = ("p50", "p90", "p99", "mean", "sd", "median_ci95", "p90_ci95", "p99_ci95")
@@ -55,38 +62,46 @@ def arch_id(name: str, num_classes: int) -> str:
     return hashlib.sha256(repr((repr(model), shapes)).encode()).hexdigest()[:16]
 
 
-def label(name: str, precision: str) -> str:
-    """The key of a measurement: the architecture's name, `.int8` appended for INT8."""
-    return name if precision == "fp32" else f"{name}.{precision}"
+def label(name: str, precision: str, size: int | None = None) -> str:
+    """The key of a measurement: the architecture's name, `.<size>px` when it computes at a
+    lower size than the run's, `.<precision>` unless FP32 (resnet8_cifar.24px.int8)."""
+    return name + (f".{size}px" if size is not None else "") + ("" if precision == "fp32" else f".{precision}")
 
 
-def describe_arch(name: str, spec: Spec) -> dict:
-    model = create_model(name, spec.num_classes)
-    return {"arch": name, "params": count_params(model), "macs": count_macs(model, spec.input_size)}
+def _model(name: str, spec: Spec, size: int | None):
+    return create_model(name, spec.num_classes, input_size=size)
+
+
+def describe_arch(name: str, spec: Spec, size: int | None = None) -> dict:
+    """Parameters and MACs of `name` computing at `size` (the run's by default)."""
+    model = _model(name, spec, size)
+    return {"arch": name, "params": count_params(model), "macs": count_macs(model, spec.input_size),
+            "input_size": size or spec.input_size}
 
 
 def export_random(name: str, precision: str, spec: Spec, folder: Path,
-                  calib: np.ndarray | None) -> dict:
-    """Random-weight ONNX of `name` in `folder` (and its INT8 QDQ copy for precision int8);
-    returns {'path', 'precision'} of the file to measure."""
+                  calib: np.ndarray | None, size: int | None = None) -> dict:
+    """Random-weight ONNX of `name` (downscaling to `size` inside) in `folder`, and its INT8
+    QDQ copy for precision int8; returns {'path', 'precision'} of the file to measure."""
     from edgekd.export.onnx import export_onnx
 
     torch.manual_seed(0)
-    model = create_model(name, spec.num_classes).eval()
-    fp32 = folder / f"{name}.onnx"
+    model = _model(name, spec, size).eval()
+    stem = label(name, "fp32", size)
+    fp32 = folder / f"{stem}.onnx"
     export_onnx(model, fp32, spec.input_size, spec.opset, {"arch": name, "role": "candidate",
                 "weights": "random"}, ir_version=spec.ir_version)
     if precision != "int8":
         return {"path": str(fp32), "precision": "fp32"}
     from calibration import quantize_static_qdq
 
-    int8 = folder / f"{name}.int8.onnx"
+    int8 = folder / f"{stem}.int8.onnx"
     quantize_static_qdq(fp32, int8, calib, method="minmax", for_tensorrt=spec.for_tensorrt)
     return {"path": str(int8), "precision": "int8"}
 
 
 def measure_archs(
-    items: Sequence[tuple[str, str]],
+    items: Sequence[Item | tuple[str, str]],
     spec: Spec,
     deploy: DeployOptions,
     work_dir: str | Path,
@@ -98,10 +113,14 @@ def measure_archs(
     on_export: Callable[[int, int, str], None] | None = None,
     bracket: Sequence[str] = (),
 ) -> dict[str, dict]:
-    """Latency of every (architecture, precision) in `items` on `deploy.target` at
+    """Latency of every (architecture, precision[, size]) in `items` on `deploy.target` at
     `spec.batch`: from the cache where it holds the figure, otherwise measured now, all in one
-    bundle. Returns label(name, precision) -> {arch, params, macs, precision, latency_ms (p50,
-    p90, p99, mean, sd, median_ci95, p90_ci95, p99_ci95), iterations, cached, measured, where, cpu}.
+    bundle. Returns label(name, precision, size) -> {arch, params, macs, input_size, precision,
+    latency_ms (p50, p90, p99, mean, sd, median_ci95, p90_ci95, p99_ci95), iterations, cached,
+    measured, where, cpu}.
+
+    On TensorRT each FP32 or FP16 item builds at its own precision, except the references in
+    `bracket`, which build as the deploy options' precision (the teacher as the user runs it).
 
     `samples` (N, 3, H, W) float32 in [0, 1] feed the harness (noise by default); `calib`
     images calibrate INT8 (the samples by default). The labels in `bracket` (the reference a
@@ -117,28 +136,33 @@ def measure_archs(
         samples = np.random.default_rng(0).random(shape, dtype=np.float32)
     calib = samples[:64] if calib is None else calib
 
+    items = [(it[0], it[1], it[2] if len(it) > 2 else None) for it in items]
     out: dict[str, dict] = {}
     idents: dict[str, dict] = {}
+    builds: dict[str, str | None] = {}
     todo = []
-    for name, precision in items:
-        key = label(name, precision)
+    for name, precision, size in items:
+        key = label(name, precision, size)
+        trt = None
+        if opts.backend == "tensorrt":  # a Q/DQ model builds as INT8 whatever is asked
+            trt = "int8" if precision == "int8" else opts.precision if key in bracket else precision
+        builds[key] = trt
         ident = {"environment": fingerprint, "arch": name, "arch_id": arch_id(name, spec.num_classes),
                  "input_size": spec.input_size, "num_classes": spec.num_classes, "batch": spec.batch,
                  "backend": opts.backend, "precision": precision, "threads": opts.threads,
                  "providers": list(opts.providers or []), "opset": spec.opset,
                  "ir_version": spec.ir_version, "for_tensorrt": spec.for_tensorrt,
-                 # A Q/DQ model builds as INT8 whatever the precision asked for FP32 ones.
-                 "trt_precision": (("int8" if precision == "int8" else opts.precision)
-                                   if opts.backend == "tensorrt" else None),
-                 "settings": settings.__dict__,
+                 "trt_precision": trt, "settings": settings.__dict__,
                  "harness": {"deploy_schema": SCHEMA_VERSION, "edgekd": __version__}}
+        if size is not None:  # only then: the run-size entries measured before stay valid
+            ident["computes_at"] = size
         idents[key] = ident
         hit = cache.get(LatencyCache.key(ident))
         if hit is not None:
-            out[key] = {**hit, "cached": True}
+            out[key] = {"input_size": size or spec.input_size, **hit, "cached": True}
         else:
-            todo.append((name, precision))
-    keys = [label(n, p) for n, p in items]
+            todo.append((name, precision, size))
+    keys = [label(*it) for it in items]
     say("cache", f"{len(items) - len(todo)} of {len(items)} measurements cached for "
                  f"{device.target.display}")
     if not todo:
@@ -148,14 +172,16 @@ def measure_archs(
     models_dir.mkdir(parents=True, exist_ok=True)
     entries = {}
     say("export", f"{len(todo)} models to ONNX (random weights)")
-    for i, (name, precision) in enumerate(todo, 1):
+    for i, (name, precision, size) in enumerate(todo, 1):
+        key = label(name, precision, size)
         if on_export is not None:
-            on_export(i - 1, len(todo), name)
+            on_export(i - 1, len(todo), key)
         else:
-            say("export", f"{i}/{len(todo)} {name} ({precision})")
-        info = describe_arch(name, spec)
-        entries[label(name, precision)] = {**export_random(name, precision, spec, models_dir, calib),
-                                           **info, "role": "candidate"}
+            say("export", f"{i}/{len(todo)} {key}")
+        info = describe_arch(name, spec, size)
+        entries[key] = {**export_random(name, precision, spec, models_dir, calib, size),
+                        **info, "role": "candidate",
+                        **({"trt_precision": builds[key]} if builds[key] else {})}
     if on_export is not None:
         on_export(len(todo), len(todo), "")
     twice = [k for k in entries if k in bracket]
@@ -178,14 +204,14 @@ def measure_archs(
         doc["models"][k] = first if p50[0] <= p50[1] else last
         doc["models"][k]["bracket_p50_ms"] = p50
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    for name, precision in todo:
-        key = label(name, precision)
+    for name, precision, size in todo:
+        key = label(name, precision, size)
         model_doc = doc["models"].get(key)
         if model_doc is None:
             raise SelectError(f"the target measured no {key}: rerun the selection")
         r = model_doc["results"][0]
         record = {"arch": name, "params": entries[key]["params"], "macs": entries[key]["macs"],
-                  "precision": precision,
+                  "input_size": entries[key]["input_size"], "precision": precision,
                   "latency_ms": {k: r["latency_ms"][k] for k in LATENCY_KEYS if k in r["latency_ms"]},
                   "iterations": r["iterations"], "throughput_ips": r["throughput_ips"],
                   **({"bracket_p50_ms": model_doc["bracket_p50_ms"]} if "bracket_p50_ms" in model_doc else {}),

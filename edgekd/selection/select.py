@@ -1,16 +1,20 @@
-"""`edgekd select` as a library: measure the candidates (and the teacher) on the target, rank
-them against the budget, write select.json and the Pareto plot.
+"""`edgekd select` as a library: measure every combination of candidate architecture,
+precision and input size (and the teacher) on the target, rank them against the budget, write
+select.json and the Pareto plot.
 
-Ranking: among the candidates that fit, the one with the most MACs (ties: the most
-parameters), as the proxy for capacity that is known before training; `compress
---select-epochs N` instead trains the top few briefly and keeps the best validation accuracy.
-A candidate fits when its measured percentile, taken at the upper end of its 95 % bootstrap
-CI, is at most the limit less the budget's margin.
+A combination fits when its measured percentile, taken at the upper end of its 95 % bootstrap
+CI, is at most the limit less the budget's margin. A precision is never chosen where it
+measures slower than FP32 on the target (INT8 often does on a CPU without VNNI). For each
+architecture at each size the most accurate precision that fits (FP32, then FP16, then INT8)
+is its option; options are ranked by MACs, then parameters (capacity, known before training),
+and `compress --select-epochs N` re-ranks the top few by a short training's validation
+accuracy (edgekd.pipeline.stages.select).
 """
 
 from __future__ import annotations
 
 import datetime
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,13 +25,15 @@ from edgekd.errors import SelectError
 from edgekd.io import write_json
 from edgekd.models.registry import describe, list_models, min_input_size
 from edgekd.selection.cache import LatencyCache
-from edgekd.selection.measure import SELECT_SETTINGS, Progress, Spec, label, measure_archs
+from edgekd.selection.measure import SELECT_SETTINGS, Item, Progress, Spec, label, measure_archs
 from edgekd.ship.remote import DeployOptions
 
 SCHEMA = "edgekd.select"
+VERSION = 2  # 2: combinations of architecture x precision x input size, `choice`
 SELECT_JSON = "select.json"
 PARETO_PNG = "pareto.png"
 TEACHER_FAMILIES = ("mobilenetv2-cifar",)  # the full-size teacher is not a student candidate
+PRECISION_ORDER = ("fp32", "fp16", "int8")  # most accurate first
 
 
 def default_candidates(input_size: int, exclude: Sequence[str] = ()) -> list[str]:
@@ -41,6 +47,22 @@ def default_candidates(input_size: int, exclude: Sequence[str] = ()) -> list[str
     return out
 
 
+def combinations(names: Sequence[str], input_size: int, sizes: Sequence[int],
+                 precisions: Sequence[str]) -> tuple[list[Item], dict[str, str]]:
+    """Every (architecture, precision, size) to measure, size None for the run's own, and the
+    ones an architecture cannot compute at (its total stride), each with the reason."""
+    items, skipped = [], {}
+    for name in names:
+        for size in sizes:
+            at = None if size == input_size else size
+            if min_input_size(name) > size:
+                skipped[label(name, "fp32", at)] = (f"{name} needs inputs of at least "
+                                                    f"{min_input_size(name)} px")
+                continue
+            items += [(name, p, at) for p in precisions]
+    return items, skipped
+
+
 def measured_value(record: dict, percentile: str, side: int = 1) -> float:
     """The figure held against the budget: the percentile at its 95 % CI's upper end (`side`
     1; the lower end, 0, for the teacher whose latency a --speedup divides, so that either
@@ -52,32 +74,74 @@ def measured_value(record: dict, percentile: str, side: int = 1) -> float:
 
 
 def rank(records: dict[str, dict], budget: Budget, limit_ms: float | None) -> list[dict]:
-    """Candidates as rows with `value_ms`, `fits` and `margin_pct`, best first: fitting ones by
-    MACs then params (descending), then the rest by latency."""
+    """Combinations as rows with `key`, `value_ms`, `fits`, `margin_pct`, `excluded` (why a row
+    can never be chosen) and `option` (the most accurate fitting precision of its architecture
+    at its size). Options first, by MACs then params (descending), then the other fitting
+    rows, then the rest by latency."""
     rows = []
     for key, r in records.items():
         value = measured_value(r, budget.percentile)
-        row = {"key": key, **r, "value_ms": value}
+        row = {"key": key, **r, "value_ms": value, "excluded": None, "option": False}
         if limit_ms is not None:
             row["fits"] = value <= limit_ms * (1 - budget.margin)
             row["margin_pct"] = round(100.0 * (limit_ms - value) / limit_ms, 2)
         rows.append(row)
-    fitting = sorted((r for r in rows if r.get("fits")), key=lambda r: (-r["macs"], -r["params"]))
+    by_pair: dict[tuple, dict[str, dict]] = {}
+    for row in rows:
+        by_pair.setdefault((row["arch"], row["input_size"]), {})[row["precision"]] = row
+    for pair in by_pair.values():
+        fp32 = pair.get("fp32")
+        for precision, row in pair.items():
+            if precision != "fp32" and fp32 is not None and row["value_ms"] >= fp32["value_ms"]:
+                row["excluded"] = (f"slower than fp32 on the target ({row['value_ms']:.3g} vs "
+                                   f"{fp32['value_ms']:.3g} ms)")
+        best = next((pair[p] for p in PRECISION_ORDER
+                     if p in pair and pair[p].get("fits") and not pair[p]["excluded"]), None)
+        if best is not None:
+            best["option"] = True
+    options = sorted((r for r in rows if r["option"]), key=lambda r: (-r["macs"], -r["params"]))
+    fitting = sorted((r for r in rows if r.get("fits") and not r["option"]),
+                     key=lambda r: (-r["macs"], -r["params"]))
     rest = sorted((r for r in rows if not r.get("fits")), key=lambda r: r["value_ms"])
-    return fitting + rest
+    return options + fitting + rest
 
 
-def no_fit_message(budget: Budget, limit_ms: float, rows: list[dict], target: str) -> str:
-    fastest = min(rows, key=lambda r: r["value_ms"])
+def choice_of(row: dict | None) -> dict | None:
+    """What the run trains and ships: the architecture, its input size and precision."""
+    if row is None:
+        return None
+    return {"key": row["key"], "arch": row["arch"], "input_size": row["input_size"],
+            "precision": row["precision"]}
+
+
+def choose(doc: dict, key: str, by: str) -> None:
+    """Make the combination `key` the document's choice (`by`: how it was chosen)."""
+    row = next(r for r in doc["candidates"] if r["key"] == key)
+    doc["chosen"], doc["choice"], doc["chosen_by"] = row["arch"], choice_of(row), by
+
+
+def no_fit_message(budget: Budget, limit_ms: float, rows: list[dict], target: str,
+                   input_size: int | None = None) -> str:
+    """Nothing fits: the nearest combination and the axes that would help."""
+    usable = [r for r in rows if not r.get("excluded")] or rows
+    fastest = min(usable, key=lambda r: r["value_ms"])
+    room = limit_ms * (1 - budget.margin)
+    size = fastest.get("input_size") or input_size
     hints = []
-    if budget.precision == "fp32":
-        hints.append("--budget-precision int8")
+    if size:
+        # latency follows the pixels about linearly: the side that would fit, if any does
+        need = int(size * math.sqrt(room / fastest["value_ms"]))
+        if need >= min_input_size(fastest["arch"]):
+            hints.append(f"--budget-input-sizes {need} ({fastest['arch']} computes at "
+                         f"{need} px with pixels ~{room / fastest['value_ms']:.0%} of {size} px's)")
+    if "int8" not in budget.precisions() and budget.backend == "onnxruntime":
+        hints.append("--budget-precision auto (searches int8 too)")
     if budget.batch > 1:
         hints.append("a smaller --budget-batch")
-    hints.append("a lower --input-size")
     hints.append("a larger budget")
+    what = fastest["key"] if "key" in fastest else fastest["arch"]
     return (f"no candidate meets {limit_ms:.3g} ms ({budget.describe()}, {budget.margin:.0%} headroom) "
-            f"on {target}: the fastest, {fastest['arch']}, measures {fastest['value_ms']:.3g} ms; "
+            f"on {target}: the nearest, {what}, measures {fastest['value_ms']:.3g} ms; "
             f"try {', '.join(hints[:-1])} or {hints[-1]}")
 
 
@@ -93,36 +157,49 @@ def evaluate(
     calib: np.ndarray | None = None,
     progress: Progress | None = None,
     on_export=None,
+    sizes: Sequence[int] | None = None,
+    items: Sequence[Item] | None = None,
+    skipped: dict[str, str] | None = None,
 ) -> dict:
-    """Measure the candidates (and the teacher) on the target and rank them: the edgekd.select
-    document, `chosen` None when nothing fits (or there is no budget). Writes only into
-    `work_dir` (the candidates' ONNX files and bundle)."""
-    names = list(candidates) if candidates else default_candidates(spec.input_size, [teacher or ""])
-    if not names:
-        raise SelectError(f"no candidate takes {spec.input_size}x{spec.input_size} inputs: "
-                          "raise --input-size or name candidates with --candidates")
-    check_input_size(names, spec.input_size)
-    items = [(n, budget.precision) for n in names]
+    """Measure every combination (and the teacher) on the target and rank them: the
+    edgekd.select document, `chosen` None when nothing fits (or there is no budget). `items`
+    (architecture, precision, size) are measured as given; otherwise they are the candidates x
+    the budget's precisions x `sizes` (default: the budget's). Writes only into `work_dir` (the
+    ONNX files and bundle)."""
+    precisions = budget.precisions()
+    sizes = list(sizes) if sizes is not None else budget.sizes(spec.input_size)
+    if items is None:
+        names = list(candidates) if candidates else default_candidates(max(sizes), [teacher or ""])
+        if not names:
+            raise SelectError(f"no candidate takes {spec.input_size}x{spec.input_size} inputs: "
+                              "raise --input-size or name candidates with --candidates")
+        check_input_size(names, max(sizes))
+        items, skipped = combinations(names, spec.input_size, sizes, precisions)
+    items = list(items)
+    if not items:
+        raise SelectError(f"no candidate computes at {', '.join(map(str, sizes))} px: name larger "
+                          "--budget-input-sizes or other --candidates")
     # The teacher as the user runs it today (FP32): the reference of --speedup (measured once
     # when it is a candidate too).
-    if teacher is not None and (teacher, "fp32") not in items:
-        items.append((teacher, "fp32"))
-    records = measure_archs(items, spec, deploy, work_dir, cache or LatencyCache(), samples,
+    ref = label(teacher, "fp32") if teacher is not None else None
+    measure = list(items)
+    if teacher is not None and (teacher, "fp32", None) not in measure:
+        measure.append((teacher, "fp32", None))
+    records = measure_archs(measure, spec, deploy, work_dir, cache or LatencyCache(), samples,
                             calib, SELECT_SETTINGS, progress, on_export,
-                            bracket=[teacher] if teacher is not None else [])
+                            bracket=[ref] if ref is not None else [])
     cached = sum(1 for r in records.values() if r.get("cached"))  # items, the teacher included
     measured = len(records) - cached
     teacher_rec = None
     if teacher is not None:
-        teacher_rec = records[teacher] if teacher in names and budget.precision == "fp32" else records.pop(teacher)
+        teacher_rec = records[ref] if (teacher, "fp32", None) in items else records.pop(ref)
     teacher_ms = measured_value(teacher_rec, budget.percentile, side=0) if teacher_rec else None
     if budget.speedup is not None and teacher_ms is None:
         raise SelectError("--speedup needs the teacher measured on the target: pass --teacher-arch")
     limit = budget.limit_ms(teacher_ms)
     rows = rank(records, budget, limit)
-    chosen = rows[0] if limit is not None and rows and rows[0].get("fits") else None
-    return {
-        "schema": SCHEMA, "schema_version": 1,
+    doc = {
+        "schema": SCHEMA, "schema_version": VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "target": {"spec": deploy.target, "backend": deploy.backend,
                    "cpu": next((r.get("cpu") for r in records.values() if r.get("cpu")), None),
@@ -131,17 +208,24 @@ def evaluate(
         "budget": {"latency_ms": budget.latency_ms, "speedup": budget.speedup, "batch": budget.batch,
                    "percentile": budget.percentile, "precision": budget.precision,
                    "margin": budget.margin, "limit_ms": limit},
-        "ranking": "fitting candidates by MACs, then params (most first); a p50 is held against "
-                   "the budget at the upper end of its 95 % CI, the teacher's (for --speedup) at "
-                   "the lower end",
+        "axes": {"architectures": sorted({it[0] for it in items}), "precisions": list(precisions),
+                 "input_sizes": sorted(sizes, reverse=True)},
+        "ranking": "per architecture and input size, the most accurate precision that fits and "
+                   "is not slower than fp32 on the target; those options by MACs, then params "
+                   "(most first); a percentile is held against the budget at the upper end of "
+                   "its 95 % CI, the teacher's (for --speedup) at the lower end",
         "settings": SELECT_SETTINGS.__dict__,
         "teacher": ({**teacher_rec, "value_ms": teacher_ms} if teacher_rec else None),
         "candidates": rows,
-        "chosen": chosen["arch"] if chosen else None,
+        "skipped": dict(skipped or {}),
+        "chosen": None, "choice": None, "chosen_by": None,
         "cached": cached,
         "measured": measured,
         "files": {"json": SELECT_JSON, "plot": PARETO_PNG},
     }
+    if limit is not None and rows and rows[0]["option"]:
+        choose(doc, rows[0]["key"], "the most MACs among the options that fit")
+    return doc
 
 
 def check_input_size(names: Sequence[str], input_size: int) -> None:
@@ -157,8 +241,10 @@ def check_fit(doc: dict, target: str) -> None:
     b = doc["budget"]
     if b["limit_ms"] is not None and doc["chosen"] is None:
         budget = Budget(**{k: b[k] for k in ("latency_ms", "speedup", "batch", "percentile",
-                                             "precision", "margin")})
-        raise SelectError(no_fit_message(budget, b["limit_ms"], doc["candidates"], target))
+                                             "precision", "margin")},
+                        backend=doc["target"]["backend"])
+        raise SelectError(no_fit_message(budget, b["limit_ms"], doc["candidates"], target,
+                                         doc["input_size"]))
 
 
 def write_outputs(doc: dict, out_dir: str | Path) -> None:
@@ -183,16 +269,18 @@ def select(
     progress: Progress | None = None,
     require_fit: bool = True,
     on_export=None,
+    sizes: Sequence[int] | None = None,
 ) -> dict:
     """`edgekd select`: evaluate, then OUT/select.json and OUT/pareto.png (also when nothing
     fits, so the table and plot show how far off the candidates are); with `require_fit` a
     budget no candidate meets is then a SelectError naming the fastest and what would help."""
     doc = evaluate(budget, spec, deploy, Path(out_dir) / "work", candidates, teacher, cache,
-                   samples, calib, progress, on_export)
+                   samples, calib, progress, on_export, sizes)
     write_outputs(doc, out_dir)
     if require_fit:
         check_fit(doc, deploy.target)
     return doc
 
 
-__all__ = ["Budget", "Spec", "evaluate", "select", "default_candidates", "rank", "label"]
+__all__ = ["Budget", "Spec", "evaluate", "select", "default_candidates", "combinations", "rank",
+           "label", "choose"]

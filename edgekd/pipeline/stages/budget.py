@@ -13,7 +13,7 @@ from edgekd.errors import BudgetError
 from edgekd.pipeline.context import Context
 from edgekd.pipeline.rundir import stage_key
 from edgekd.pipeline.stage import Stage
-from edgekd.pipeline.stages.select import deploy_options
+from edgekd.pipeline.stages.select import chosen_precision, deploy_options
 
 RESULTS_DIR = "budget"
 
@@ -43,14 +43,14 @@ class BudgetStage(Stage):
         return ctx.cfg.budget.active and ctx.cfg.export.enabled
 
     def _models(self, ctx: Context) -> list[str]:
-        return ["teacher", "student.int8" if ctx.cfg.budget.precision == "int8" else "student"]
+        return ["teacher", "student.int8" if chosen_precision(ctx) == "int8" else "student"]
 
     def key(self, ctx: Context) -> str:
         from edgekd.selection.certificate import VERSION
 
         # the certificate's version: a run checked before it existed, or under an older one,
         # is measured again on --resume and gets one
-        return stage_key("budget", ctx.cfg.budget.__dict__, f"certificate-{VERSION}",
+        return stage_key("budget", ctx.cfg.budget.__dict__, f"certificate-{VERSION}", chosen_precision(ctx),
                          *[ctx.run.output_hash(f"{m}.onnx") for m in self._models(ctx)])
 
     def run(self, ctx: Context, key: str) -> None:
@@ -80,9 +80,11 @@ class BudgetStage(Stage):
         results = f"{RESULTS_DIR}/{result['path'].rsplit('/', 1)[-1]}"
         files = {role: {"file": MODEL_FILES[key], "key": key, "sha256": doc["models"][key]["model"]["sha256"]}
                  for role, key in zip(("teacher", "student"), models, strict=True)}
-        cert = certificate({**certified_budget(b), "selection_limit_ms": selected.get("limit_ms")}, files,
+        cert = certificate({**certified_budget(b), "precision": chosen_precision(ctx),
+                            "selection_limit_ms": selected.get("limit_ms")}, files,
                            doc, environment_fingerprint(result["probe"], b.backend), judged)
-        info = {"student": ctx.cfg.student.arch, "precision": b.precision, "batch": b.batch,
+        info = {"student": ctx.cfg.student.arch, "precision": chosen_precision(ctx),
+                "input_size": ctx.cfg.student.input_size or ctx.data.input_size, "batch": b.batch,
                 "percentile": b.percentile, "target": b.target, "backend": b.backend,
                 **judged, "results": results,
                 "cpu": ((doc.get("environment") or {}).get("cpu") or {}).get("model"),
