@@ -309,12 +309,30 @@ def test_compress_searches_precision_and_size_ranks_by_the_proxy_and_holds(tmp_p
     size and the final check, an independent measurement, holds."""
     from edgekd.train.checkpoint import load_model
 
+    import edgekd.pipeline.stages.select as select_stage
+
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     out = tmp_path / "run"
-    r = CliRunner().invoke(cli, [*BUDGET_RUN, "--latency-budget", "1000", "--select-epochs", "1",
-                                 "--no-bench", "--out", str(out)])
+    real, trials = select_stage.train_stage, []
+
+    def second_trial_interrupted(ctx, stage, *args, **kw):
+        if stage.startswith("select_"):
+            trials.append(stage.removeprefix("select_"))
+            if len(trials) == 2:
+                raise KeyboardInterrupt
+        return real(ctx, stage, *args, **kw)
+
+    monkeypatch.setattr(select_stage, "train_stage", second_trial_interrupted)
+    argv = [*BUDGET_RUN, "--latency-budget", "1000", "--select-epochs", "1", "--no-bench", "--out", str(out)]
+    cut = CliRunner().invoke(cli, argv)
+    assert cut.exit_code == 130 and "--resume" in cut.stderr, cut.output
+    r = CliRunner().invoke(cli, [*argv, "--resume"])
     assert r.exit_code == 0, r.output
     sel = json.loads((out / "select" / "select.json").read_text())
+    # The proxy resumed: the first trial's score was kept, the interrupted one ran again, and
+    # the trials' record is gone once the selection is done.
+    order = [row["key"] for row in sel["candidates"] if row["option"]]
+    assert trials == [order[0], order[1], *order[1:]] and not (out / "ckpt" / "select_trials.json").exists()
     assert sel["axes"]["precisions"] == ["fp32", "int8"] and sel["axes"]["input_sizes"] == [16, 12]
     archs = ("resnet8_cifar_w0.5", "mbv2_cifar_trunc13")
     assert {row["key"] for row in sel["candidates"]} == {

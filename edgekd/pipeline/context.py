@@ -56,6 +56,7 @@ class Context:
     ig_folder: Path | None = None  # ig: where those maps are
     select_candidates: list[str] | None = None  # select: the candidates the method can train
     select_left_out: dict[str, str] | None = None  # select: the others, with why
+    select_skipped: dict[str, str] | None = None  # select: sizes an architecture cannot take
     select_doc: dict | None = None  # select: a measurement not yet written
     selection: dict | None = None  # select: the choice, as the ledger records it
     budget_final: dict | None = None  # budget: a final check that failed (not in the ledger)

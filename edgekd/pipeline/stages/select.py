@@ -16,11 +16,13 @@ best validation accuracy wins, as NetAdapt does; each trial resumes from its che
 from __future__ import annotations
 
 import dataclasses
+import json
 import tempfile
 
 import torch
 
 from edgekd.errors import EdgeKDError, SelectError
+from edgekd.io import write_json
 from edgekd.pipeline.context import Context, input_norm, on_main, train_stage
 from edgekd.pipeline.rundir import stage_key
 from edgekd.pipeline.stage import Stage
@@ -29,6 +31,7 @@ from edgekd.train import engine
 
 SELECT_DIR = "select"
 SELECT_VERSION = 2  # the stage's key: choices over precision and input size
+TRIALS = "select_trials.json"  # RUN/ckpt/: the proxy's finished trials, until the stage is done
 # Terms that compare feature maps at the teacher's resolution: no lower student input size.
 _AT_TEACHER_RESOLUTION = frozenset({"at", "fitnet"})
 FILES = (f"{SELECT_DIR}/select.json", f"{SELECT_DIR}/pareto.png")
@@ -136,7 +139,7 @@ class SelectStage(Stage):
         if not items:
             first = next(iter(left_out.items()))
             raise SelectError(f"no candidate can be trained with {cfg.method}: {first[0]}: {first[1]}")
-        ctx.select_candidates, ctx.select_left_out = items, {**skipped, **left_out}
+        ctx.select_candidates, ctx.select_left_out, ctx.select_skipped = items, left_out, skipped
         if ctx.run.stage_valid(self.name, self.key(ctx)):
             return  # a resumed run: its selection is recorded
         with tempfile.TemporaryDirectory(prefix="edgekd-select-") as work:
@@ -171,7 +174,7 @@ class SelectStage(Stage):
         calib = pixels(ctx.data.train.images[:256])
         return evaluate(ctx.cfg.budget, spec, deploy_options(ctx), work, None, cfg.teacher.arch,
                         samples=samples, calib=calib, progress=progress, on_export=on_export,
-                        items=items, skipped=ctx.select_left_out)
+                        items=items, skipped=ctx.select_skipped)
 
     def key(self, ctx: Context) -> str:
         cfg = ctx.cfg
@@ -232,6 +235,7 @@ class SelectStage(Stage):
         def record() -> None:
             write_outputs(doc, ctx.run / SELECT_DIR)  # the plot marks the final choice
             ctx.run.mark_done("select", key, list(FILES), info)
+            (ctx.run / "ckpt" / TRIALS).unlink(missing_ok=True)
 
         on_main(record)
         ctx.reporter.stage("select", "done", f"{choice['key']}: {row['value_ms']:.3g} ms, limit "
@@ -251,8 +255,21 @@ class SelectStage(Stage):
             keep, _ = stratified_split(train.labels.numpy(), 1.0 - b.select_images / len(train),
                                        ctx.cfg.seed)
             train = train.subset(keep)
+        # Finished trials' scores survive an interruption (each one's checkpoint is dropped once
+        # it is scored); they count only for the same settings.
+        done_path = ctx.run / "ckpt" / TRIALS
         scores = {}
+        try:
+            done = json.loads(done_path.read_text())
+            if done.get("key") == key:
+                scores = {k: float(v) for k, v in done["scores"].items()}
+        except (OSError, ValueError, KeyError, AttributeError, TypeError):
+            pass  # none yet, or a damaged file: score them again
         for i, row in enumerate(rows):
+            if row["key"] in scores:
+                ctx.reporter.stage("select", "skip", f"trial {i + 1}/{len(rows)}: {row['key']} "
+                                   f"scored {scores[row['key']]:.2f} %")
+                continue
             torch.manual_seed(ctx.cfg.seed * 2 + 1)
             size = None if row["input_size"] == ctx.data.input_size else row["input_size"]
             model = create_model(row["arch"], ctx.data.num_classes, *input_norm(ctx, "student"), size)
@@ -263,9 +280,14 @@ class SelectStage(Stage):
             result = train_stage(ctx, stage, model, tcfg, engine.CrossEntropy(tcfg.label_smoothing),
                                  key, evaluate_every_epoch=False, train=train)
             scores[row["key"]] = result.last["val_acc"]
-            on_main(lambda s=stage: (ctx.run / "ckpt" / f"{s}.state.pt").unlink(missing_ok=True))
+
+            def record(s=stage) -> None:
+                write_json(done_path, {"key": key, "scores": scores})
+                (ctx.run / "ckpt" / f"{s}.state.pt").unlink(missing_ok=True)
+
+            on_main(record)
         return {"epochs": b.select_epochs, "images": len(train), "loss": "cross-entropy",
-                "metric": "validation top-1 (%)", "scores": scores}
+                "metric": "validation top-1 (%)", "scores": {r["key"]: scores[r["key"]] for r in rows}}
 
 
 def apply_choice(cfg, info: dict, input_size: int) -> None:
