@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgekd.config.budget import Budget
 from edgekd.selection.select import measured_value
 
 SCHEMA = "edgekd.budget-certificate"
@@ -31,7 +32,7 @@ def judge(doc: dict, student_key: str, percentile: str, latency_ms: float | None
         return measured_value({"latency_ms": r["latency_ms"]}, percentile, side)
 
     teacher_ms, student_ms = value("teacher", 0), value(student_key, 1)
-    limit = latency_ms if latency_ms is not None else teacher_ms / speedup
+    limit = Budget(latency_ms=latency_ms, speedup=speedup).limit_ms(teacher_ms)
     if speedup is not None and selected_limit_ms:
         limit = min(limit, selected_limit_ms)
     return {"limit_ms": limit, "student_ms": student_ms, "teacher_ms": teacher_ms,
