@@ -84,8 +84,8 @@ def main() -> int:
     bench = json.loads((args.run / f"bench-{ALIAS}.json").read_text())
     earlier = json.loads(args.full_bench.read_text()) if args.full_bench else None
     select_cmd = ["edgekd", "select", *ssh_args, "--speedup", "4", "--budget-batch", "1",
-                  "--input-size", "16", "--candidates",
-                  "resnet8_cifar_w0.5,resnet8_cifar,mbv2_cifar_d0.25_w0.35", "--out", str(args.work), "--cache-dir", str(args.work / "cache")]
+                  "--input-size", "16", "--budget-precision", "fp32", "--budget-input-sizes", "16",
+                  "--candidates", "resnet8_cifar_w0.5,resnet8_cifar,mbv2_cifar_d0.25_w0.35", "--out", str(args.work), "--cache-dir", str(args.work / "cache")]
     if (args.work / "cache").exists():  # measured afresh, not read from an earlier run's cache
         shutil.rmtree(args.work / "cache")
     select_s = timed(select_cmd)

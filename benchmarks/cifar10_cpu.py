@@ -96,10 +96,12 @@ def train_teacher(data: Path, out: Path, arch: str, epochs: int) -> dict:
 
 def select(work: Path, arch: str, speedup: float) -> dict:
     out = work / "select"
+    # FP32 at 32 px: the student the ablation then trains (the solver's other axes are
+    # measured by benchmarks/budget_solver.py and select_proxy.py)
     edgekd("select", "--teacher-arch", arch, "--speedup", f"{speedup:g}", "--input-size", "32",
-           "--out", str(out))
+           "--budget-precision", "fp32", "--budget-input-sizes", "32", "--out", str(out))
     doc = json.loads((out / "select.json").read_text())
-    chosen = next(c for c in doc["candidates"] if c["arch"] == doc["chosen"])
+    chosen = next(c for c in doc["candidates"] if c["key"] == doc["choice"]["key"])
     return {"chosen": doc["chosen"], "limit_ms": doc["budget"]["limit_ms"],
             "teacher_ms": doc["teacher"]["value_ms"], "student_ms": chosen["value_ms"],
             "speedup": doc["teacher"]["value_ms"] / chosen["value_ms"], "cpu": doc["teacher"].get("cpu"),

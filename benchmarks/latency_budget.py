@@ -98,6 +98,7 @@ def main() -> int:
                 sel_dir = work / "select" / f"{ds}-b{batch}-d{d:g}"
                 done = edgekd(["select", "--speedup", str(d), "--budget-batch", str(batch),
                                "--input-size", str(size), "--candidates", CANDIDATES,
+                               "--budget-precision", "fp32", "--budget-input-sizes", str(size),
                                "--out", str(sel_dir), "--json"], env, work)
                 if done.returncode not in (0, 2):
                     return done.returncode
@@ -115,6 +116,8 @@ def main() -> int:
                     teach = ["--teacher", str(teacher)] if teacher else []
                     done = edgekd(["compress", *ds_args, *teach, "--speedup", str(d), "--budget-batch",
                                    str(batch), "--set", f"budget.candidates={CANDIDATES}",
+                                   "--budget-precision", "fp32", "--budget-input-sizes", str(size),
+                                   "--select-epochs", "0",
                                    "--set", "ig.cache_dir=" + str(work / "ig" / ds),
                                    "--out", str(run), "--resume"], env, work)
                     if not (run / "report.json").is_file():
