@@ -7,6 +7,7 @@ load has already failed.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 
@@ -48,10 +49,16 @@ class Fit:
 
 
 def body_shapes(arch: str, num_classes: int) -> dict[str, tuple]:
+    """Parameter shapes of `arch`'s body, built once per process on the meta device."""
+    return dict(_body_shapes(arch, num_classes))
+
+
+@functools.lru_cache(maxsize=512)
+def _body_shapes(arch: str, num_classes: int) -> tuple[tuple[str, tuple], ...]:
     with warnings.catch_warnings(), torch.device("meta"):
         warnings.simplefilter("ignore")
         body = create_body(arch, num_classes)
-    return {k: tuple(v.shape) for k, v in body.state_dict().items()}
+    return tuple((k, tuple(v.shape)) for k, v in body.state_dict().items())
 
 
 def fit(state: dict, arch: str, num_classes: int) -> Fit:
@@ -110,6 +117,8 @@ def nearest(state: dict, arch: str, num_classes: int) -> Fit | None:
             continue
         if best is None or f.score > best.score:
             best = f
+        if f.exact:  # nothing fits better: the torchvision networks need not be built
+            break
     return best if best is not None and best.score >= 0.5 else None
 
 
