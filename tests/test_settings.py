@@ -5,6 +5,7 @@ in one section) and runs the real command line on it."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -29,11 +30,27 @@ NEW_SETTING = ('    probe_ms: float | None = setting(None, flag="--probe-budget"
                'help="A test-only budget setting.")\n')
 
 
-def _edgekd(root: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "edgekd.cli", *args], env=env, cwd=root,
+# Runs edgekd's command line (click's test runner, output at 200 columns) once per argument
+# list given as JSON, in one interpreter: the package imports once, not five times.
+DRIVER = """
+import json, sys
+from click.testing import CliRunner
+from edgekd.cli import cli
+results = []
+for args in json.loads(sys.argv[1]):
+    r = CliRunner().invoke(cli, args, terminal_width=200)
+    results.append({"code": r.exit_code, "stdout": r.stdout, "stderr": r.stderr})
+print(json.dumps(results))
+"""
+
+
+def _edgekd(root: Path, *calls: list[str]) -> list[dict]:
+    """Each call's exit code, stdout and stderr, run on the package under `root`."""
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(calls)], env=env, cwd=root,
                           capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1])
 
 
 def test_a_setting_added_in_one_line_reaches_both_commands_checks_and_config_yaml(tmp_path):
@@ -45,21 +62,21 @@ def test_a_setting_added_in_one_line_reaches_both_commands_checks_and_config_yam
     assert anchor in text
     budget.write_text(text.replace(anchor, anchor + NEW_SETTING))
 
-    for verb in ("compress", "select"):
-        r = _edgekd(tmp_path, verb, "--help")
-        assert r.returncode == 0, r.stderr
-        assert "--probe-budget" in r.stdout and "A test-only budget setting." in r.stdout
-    r = _edgekd(tmp_path, "compress", "--print-config")
-    assert r.returncode == 0, r.stderr
-    assert yaml.safe_load(r.stdout)["budget"]["probe_ms"] is None
-    r = _edgekd(tmp_path, "compress", "--probe-budget", "2.5", "--print-config")
-    assert yaml.safe_load(r.stdout)["budget"]["probe_ms"] == 2.5
-    r = _edgekd(tmp_path, "compress", "--probe-budget", "-1", "--print-config")
-    assert r.returncode == 2 and "--probe-budget must be > 0, got -1" in r.stderr
-    # The untouched package does not know it: the test saw the line it added, nothing else.
-    r = subprocess.run([sys.executable, "-m", "edgekd.cli", "compress", "--help"],
-                       capture_output=True, text=True, timeout=300)
-    assert "--probe-budget" not in r.stdout
+    helps = _edgekd(tmp_path, ["compress", "--help"], ["select", "--help"],
+                    ["compress", "--print-config"], ["compress", "--probe-budget", "2.5", "--print-config"],
+                    ["compress", "--probe-budget", "-1", "--print-config"])
+    for r in helps[:2]:
+        assert r["code"] == 0, r["stderr"]
+        assert "--probe-budget" in r["stdout"] and "A test-only budget setting." in r["stdout"]
+    default, given, bad = helps[2:]
+    assert default["code"] == 0, default["stderr"]
+    assert yaml.safe_load(default["stdout"])["budget"]["probe_ms"] is None
+    assert yaml.safe_load(given["stdout"])["budget"]["probe_ms"] == 2.5
+    assert bad["code"] == 2 and "--probe-budget must be > 0, got -1" in bad["stderr"]
+    # The untouched package (this process's) does not know it: the test saw the line it
+    # added, nothing else.
+    r = CliRunner().invoke(cli, ["compress", "--help"], terminal_width=200)
+    assert r.exit_code == 0 and "--probe-budget" not in r.stdout
 
 
 def test_compress_and_select_take_the_budget_flags_from_one_declaration():
