@@ -307,9 +307,8 @@ def test_compress_searches_precision_and_size_ranks_by_the_proxy_and_holds(tmp_p
     and listed; INT8 that measures slower than FP32 is never an option; the accuracy proxy
     trains the options and its best is the choice; the run trains that architecture at that
     size and the final check, an independent measurement, holds."""
-    from edgekd.train.checkpoint import load_model
-
     import edgekd.pipeline.stages.select as select_stage
+    from edgekd.train.checkpoint import load_model
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     out = tmp_path / "run"
