@@ -101,7 +101,7 @@ def export_random(name: str, precision: str, spec: Spec, folder: Path,
 
 
 def measure_archs(
-    items: Sequence[Item | tuple[str, str]],
+    items: Sequence[Item],
     spec: Spec,
     deploy: DeployOptions,
     work_dir: str | Path,
@@ -113,7 +113,7 @@ def measure_archs(
     on_export: Callable[[int, int, str], None] | None = None,
     bracket: Sequence[str] = (),
 ) -> dict[str, dict]:
-    """Latency of every (architecture, precision[, size]) in `items` on `deploy.target` at
+    """Latency of every (architecture, precision, size) in `items` on `deploy.target` at
     `spec.batch`: from the cache where it holds the figure, otherwise measured now, all in one
     bundle. Returns label(name, precision, size) -> {arch, params, macs, input_size, precision,
     latency_ms (p50, p90, p99, mean, sd, median_ci95, p90_ci95, p99_ci95), iterations, cached,
@@ -136,7 +136,6 @@ def measure_archs(
         samples = np.random.default_rng(0).random(shape, dtype=np.float32)
     calib = samples[:64] if calib is None else calib
 
-    items = [(it[0], it[1], it[2] if len(it) > 2 else None) for it in items]
     out: dict[str, dict] = {}
     idents: dict[str, dict] = {}
     builds: dict[str, str | None] = {}

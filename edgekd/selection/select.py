@@ -63,6 +63,20 @@ def combinations(names: Sequence[str], input_size: int, sizes: Sequence[int],
     return items, skipped
 
 
+def search_space(candidates: Sequence[str] | None, teacher: str | None, input_size: int,
+                 sizes: Sequence[int], precisions: Sequence[str]) -> tuple[list[Item], dict[str, str]]:
+    """The combinations a selection measures: `candidates` (default: every student family that
+    takes the largest size, the teacher's left out) x `precisions` x `sizes`, and the skipped
+    ones (see `combinations`). A named candidate that cannot take even the largest size is a
+    SelectError."""
+    names = list(candidates) if candidates else default_candidates(max(sizes), [teacher or ""])
+    if not names:
+        raise SelectError(f"no candidate takes {max(sizes)}x{max(sizes)} inputs: "
+                          "raise --input-size or name candidates with --candidates")
+    check_input_size(names, max(sizes))
+    return combinations(names, input_size, sizes, precisions)
+
+
 def measured_value(record: dict, percentile: str, side: int = 1) -> float:
     """The figure held against the budget: the percentile at its 95 % CI's upper end (`side`
     1; the lower end, 0, for the teacher whose latency a --speedup divides, so that either
@@ -169,12 +183,7 @@ def evaluate(
     precisions = budget.precisions()
     sizes = list(sizes) if sizes is not None else budget.sizes(spec.input_size)
     if items is None:
-        names = list(candidates) if candidates else default_candidates(max(sizes), [teacher or ""])
-        if not names:
-            raise SelectError(f"no candidate takes {spec.input_size}x{spec.input_size} inputs: "
-                              "raise --input-size or name candidates with --candidates")
-        check_input_size(names, max(sizes))
-        items, skipped = combinations(names, spec.input_size, sizes, precisions)
+        items, skipped = search_space(candidates, teacher, spec.input_size, sizes, precisions)
     items = list(items)
     if not items:
         raise SelectError(f"no candidate computes at {', '.join(map(str, sizes))} px: name larger "

@@ -116,12 +116,7 @@ class SelectStage(Stage):
         return ctx.cfg.budget.active
 
     def check(self, ctx: Context) -> None:
-        from edgekd.selection.select import (
-            check_fit,
-            check_input_size,
-            combinations,
-            default_candidates,
-        )
+        from edgekd.selection.select import check_fit, search_space
         from edgekd.ship.remote import check_options
 
         b, cfg = ctx.cfg.budget, ctx.cfg
@@ -132,9 +127,8 @@ class SelectStage(Stage):
         if b.select_epochs > 0 and len(ctx.data.val) == 0:
             raise SelectError("--select-epochs picks by validation accuracy, and this run has no "
                               "validation split: set data.val_fraction > 0, or --select-epochs 0")
-        names = list(b.candidates) or default_candidates(max(sizes), [cfg.teacher.arch])
-        check_input_size(names, max(sizes))
-        items, skipped = combinations(names, ctx.data.input_size, sizes, precisions)
+        items, skipped = search_space(b.candidates, cfg.teacher.arch, ctx.data.input_size, sizes,
+                                      precisions)
         items, left_out = _usable(ctx, items)
         if not items:
             first = next(iter(left_out.items()))
